@@ -1,0 +1,163 @@
+/*
+** HTTP with libcurl. This file knows curl and nothing of Lua: its callbacks
+** are plain C (append to a capped buffer, read one header), so no Lua error
+** can ever jump over curl's frames.
+*/
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "osvi.h"
+
+static pthread_once_t global_once = PTHREAD_ONCE_INIT;
+
+static void global_init(void) {
+  curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+/* curl_global_init exactly once per process, however many Lua states load
+** the module. It is never undone: another state may still use curl. */
+void osvi_http_global_init(void) {
+  pthread_once(&global_once, global_init);
+}
+
+/* Appends to h->body; past max_bytes it flags too_large and returns 0, which
+** makes curl stop the transfer with CURLE_WRITE_ERROR. The cap counts the
+** bytes handed to us, i.e. after any content decoding. */
+static size_t on_body(char *data, size_t size, size_t nmemb, void *ud) {
+  osvi_http *h = ud;
+  size_t n = size * nmemb;
+  if (n > h->max_bytes - h->len || h->len > h->max_bytes) {
+    h->too_large = 1;
+    return 0;
+  }
+  if (h->len + n + 1 > h->cap) {
+    size_t cap = h->cap ? h->cap : 16384;
+    char *p;
+    while (cap < h->len + n + 1) cap *= 2;
+    p = realloc(h->body, cap);
+    if (p == NULL) {
+      h->out_of_memory = 1;
+      return 0;
+    }
+    h->body = p;
+    h->cap = cap;
+  }
+  memcpy(h->body + h->len, data, n);
+  h->len += n;
+  return n;
+}
+
+/* Reads Retry-After: delta-seconds or an HTTP date. Anything else leaves
+** retry_after at -1 (unknown). */
+static void parse_retry_after(osvi_http *h, const char *v, size_t len) {
+  char buf[64];
+  size_t i = 0;
+  while (len > 0 && (v[len - 1] == '\r' || v[len - 1] == '\n' ||
+                     v[len - 1] == ' ' || v[len - 1] == '\t'))
+    len--;
+  while (len > 0 && (*v == ' ' || *v == '\t')) v++, len--;
+  if (len == 0 || len >= sizeof buf) return;
+  memcpy(buf, v, len);
+  buf[len] = '\0';
+  if (buf[0] >= '0' && buf[0] <= '9') {
+    long secs = 0;
+    for (i = 0; i < len; i++) {
+      if (buf[i] < '0' || buf[i] > '9') return;
+      if (secs > 100000000L) return; /* absurd: leave unknown */
+      secs = secs * 10 + (buf[i] - '0');
+    }
+    h->retry_after = secs;
+  } else {
+    time_t when = curl_getdate(buf, NULL);
+    if (when != (time_t)-1) {
+      time_t now = time(NULL);
+      h->retry_after = when > now ? (long)(when - now) : 0;
+    }
+  }
+}
+
+static size_t on_header(char *data, size_t size, size_t nmemb, void *ud) {
+  osvi_http *h = ud;
+  size_t n = size * nmemb;
+  static const char name[] = "retry-after:";
+  if (n > sizeof name - 1 && strncasecmp(data, name, sizeof name - 1) == 0)
+    parse_retry_after(h, data + sizeof name - 1, n - (sizeof name - 1));
+  return n;
+}
+
+#define SETOPT(h, opt, val)                                  \
+  do {                                                       \
+    if (curl_easy_setopt((h)->easy, opt, val) != CURLE_OK)   \
+      return "libcurl refused option " #opt;                 \
+  } while (0)
+
+const char *osvi_http_init(osvi_http *h, const osvi_http_options *o) {
+  char line[64];
+  h->easy = curl_easy_init();
+  if (h->easy == NULL) return "libcurl could not create a handle";
+  h->max_bytes = o->max_bytes;
+  h->retry_after = -1;
+
+  /* the token header: the only place the token goes */
+  snprintf(line, sizeof line, "API-Token: %s", o->token);
+  h->headers = curl_slist_append(h->headers, line);
+  memset(line, 0, sizeof line);
+  if (h->headers == NULL) return "out of memory";
+  if (curl_slist_append(h->headers, "Accept: application/json") == NULL)
+    return "out of memory";
+
+  SETOPT(h, CURLOPT_HTTPHEADER, h->headers);
+  SETOPT(h, CURLOPT_USERAGENT, o->user_agent);
+  SETOPT(h, CURLOPT_HTTPGET, 1L);
+  SETOPT(h, CURLOPT_NOSIGNAL, 1L); /* threads: no SIGALRM for timeouts */
+  SETOPT(h, CURLOPT_TIMEOUT_MS, o->timeout_ms);
+  SETOPT(h, CURLOPT_CONNECTTIMEOUT_MS, o->connect_timeout_ms);
+  SETOPT(h, CURLOPT_TCP_KEEPALIVE, 1L);
+  /* The token must reach the API and nothing else: no redirects, only
+  ** http and https, TLS always verified. */
+  SETOPT(h, CURLOPT_FOLLOWLOCATION, 0L);
+#if LIBCURL_VERSION_NUM >= 0x075500
+  SETOPT(h, CURLOPT_PROTOCOLS_STR, "http,https");
+#else
+  SETOPT(h, CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+#endif
+  SETOPT(h, CURLOPT_SSL_VERIFYPEER, 1L);
+  SETOPT(h, CURLOPT_SSL_VERIFYHOST, 2L);
+  if (o->ca_file != NULL) SETOPT(h, CURLOPT_CAINFO, o->ca_file);
+  if (o->proxy != NULL) SETOPT(h, CURLOPT_PROXY, o->proxy);
+  SETOPT(h, CURLOPT_ACCEPT_ENCODING, ""); /* whatever libcurl can decode */
+  SETOPT(h, CURLOPT_WRITEFUNCTION, on_body);
+  SETOPT(h, CURLOPT_WRITEDATA, h);
+  SETOPT(h, CURLOPT_HEADERFUNCTION, on_header);
+  SETOPT(h, CURLOPT_HEADERDATA, h);
+  SETOPT(h, CURLOPT_ERRORBUFFER, h->errbuf);
+  return NULL;
+}
+
+CURLcode osvi_http_get(osvi_http *h, const char *url, long *status) {
+  CURLcode rc;
+  h->len = 0;
+  h->too_large = 0;
+  h->out_of_memory = 0;
+  h->retry_after = -1;
+  h->errbuf[0] = '\0';
+  *status = 0;
+  rc = curl_easy_setopt(h->easy, CURLOPT_URL, url);
+  if (rc != CURLE_OK) return rc;
+  rc = curl_easy_perform(h->easy);
+  curl_easy_getinfo(h->easy, CURLINFO_RESPONSE_CODE, status);
+  return rc;
+}
+
+void osvi_http_free(osvi_http *h) {
+  if (h->easy != NULL) curl_easy_cleanup(h->easy);
+  h->easy = NULL;
+  curl_slist_free_all(h->headers);
+  h->headers = NULL;
+  free(h->body);
+  h->body = NULL;
+  h->len = h->cap = 0;
+}
