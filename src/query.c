@@ -412,9 +412,12 @@ void osvi_query_check(lua_State *L, int idx, osvi_query_mode mode,
   out->per_page = 0;
   out->limit = -1;
   idx = lua_absindex(L, idx);
+  if (lua_isnoneornil(L, idx)) {
+    lua_pushliteral(L, "");
+    return;
+  }
   lua_pushliteral(L, "");
   acc = lua_gettop(L); /* the query built so far */
-  if (lua_isnoneornil(L, idx)) return;
   if (!lua_istable(L, idx))
     osvi_usage_error(L, NULL, "filters: expected a table, got %s",
                      luaL_typename(L, idx));

@@ -1,0 +1,120 @@
+-- Spec helpers: start the local OSVI server (spec/support/server.lua) on a
+-- free port of 127.0.0.1, talk to its control API, and run Lua snippets in a
+-- child process (for environment variables and crashes).
+package.cpath = "./?.so;" .. package.cpath
+
+local socket = require "socket"
+local cjson = require "cjson"
+
+local M = {}
+
+M.TOKEN = "osvi-test-token1"
+M.LUA = os.getenv("LUA") or "lua5.4"
+
+local Server = {}
+Server.__index = Server
+
+--- Starts a server; opts: calls, seed, latency_ms. Returns the server object.
+function M.start(opts)
+  opts = opts or {}
+  local cmd = string.format(
+    "exec %s spec/support/server.lua --port 0 --calls %d --seed %d --token %s --latency-ms %d",
+    M.LUA, opts.calls or 300, opts.seed or 1, M.TOKEN, opts.latency_ms or 0)
+  local proc = assert(io.popen(cmd, "r"))
+  local line = proc:read("l")
+  local url, pid = (line or ""):match("listening on (%S+) pid=(%d+)")
+  assert(url, "the local server did not start: " .. tostring(line))
+  local host, port = url:match("^http://([^:/]+):(%d+)")
+  return setmetatable({ url = url, pid = pid, proc = proc, host = host,
+                        port = tonumber(port) }, Server)
+end
+
+function Server:stop()
+  if self.proc then
+    os.execute("kill " .. self.pid .. " 2>/dev/null")
+    self.proc:close()
+    self.proc = nil
+  end
+end
+
+--- One control request over its own connection; returns status, body.
+function Server:request(method, path, body)
+  local c = assert(socket.connect(self.host, self.port))
+  c:settimeout(10)
+  c:setoption("tcp-nodelay", true)
+  body = body or ""
+  assert(c:send(string.format(
+    "%s %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
+    method, path, self.host, self.port, #body, body)))
+  local status_line = assert(c:receive("*l"))
+  local status = tonumber(status_line:match("^HTTP/1%.%d (%d%d%d)"))
+  local length
+  while true do
+    local h = assert(c:receive("*l"))
+    if h == "" then break end
+    local n = h:match("^[Cc]ontent%-[Ll]ength:%s*(%d+)")
+    if n then length = tonumber(n) end
+  end
+  local resp = length and c:receive(length) or c:receive("*a")
+  c:close()
+  return status, resp
+end
+
+function Server:control(method, path, value)
+  local status, body = self:request(method, path, value ~= nil and cjson.encode(value) or "")
+  assert(status == 200, "control " .. path .. " answered " .. tostring(status) .. ": " .. tostring(body))
+  return cjson.decode(body)
+end
+
+function Server:reset() return self:control("POST", "/_control/reset") end
+function Server:stats() return self:control("GET", "/_control/stats") end
+function Server:calls() return self:control("GET", "/_control/calls").data end
+function Server:config(t) return self:control("POST", "/_control/config", t) end
+
+--- Queues answers for the next /v1/calls requests (see server.lua).
+function Server:script(actions)
+  return self:control("POST", "/_control/script", actions)
+end
+
+--- A client for this server; extra options override the defaults.
+function Server:client(opts)
+  local osvi = require "osvi"
+  local o = { token = M.TOKEN, base_url = self.url, timeout = 5,
+              connect_timeout = 2, retry_base = 0.01 }
+  for k, v in pairs(opts or {}) do o[k] = v end
+  return osvi.new(o)
+end
+
+--- Runs a Lua chunk in a child lua5.4 with the given environment; returns
+--- its exit status (true/false) and its output (stdout and stderr).
+function M.run_lua(code, env)
+  local tmp = os.tmpname()
+  local f = assert(io.open(tmp, "w"))
+  f:write('package.cpath = "./?.so;" .. package.cpath\n', code)
+  f:close()
+  local prefix = ""
+  for k, v in pairs(env or {}) do
+    prefix = prefix .. string.format("%s='%s' ", k, v)
+  end
+  local p = io.popen("env -u OSVI_API_TOKEN -u OSVI_BASE_URL " .. prefix ..
+                     M.LUA .. " " .. tmp .. " 2>&1")
+  local out = p:read("a")
+  local ok = p:close()
+  os.remove(tmp)
+  return ok, out
+end
+
+--- Calls fn and returns the error object it raises (fails if none).
+function M.raises(fn, ...)
+  local ok, err = pcall(fn, ...)
+  assert(not ok, "expected an error, got none")
+  return err
+end
+
+--- A JSON page body with the given calls and meta.
+function M.page_body(calls, meta)
+  return cjson.encode({ success = true, data = calls, meta = meta })
+end
+
+M.json = cjson
+return M

@@ -1,0 +1,1187 @@
+--[[
+spec/support/server.lua -- a local stand-in for the OSVI "List calls" API.
+
+Used by the busted specs, the demo and the benchmarks. Plain Lua 5.4 + LuaSocket + lua-cjson.
+
+  lua5.4 spec/support/server.lua [--host 127.0.0.1] [--port 0] [--calls 300] [--seed 1]
+                                 [--token osvi-test-token1] [--latency-ms 0]
+
+When ready it prints one line on stdout and then serves until killed or shut down:
+
+  osvi-server listening on http://127.0.0.1:PORT pid=PID
+
+API (as described in shared/api/README.md):
+  GET /v1/calls            needs the header `API-Token`; filters status, agent_uuid, campaign_id,
+                           campaign_upload_id, phone_number, call_type, start_date, end_date;
+                           paging with page (default 1) and per_page (default 25, capped at 100).
+
+Control API (no token):
+  GET  /_control/stats     {"requests","connections","open_connections","log":[...]}
+  GET  /_control/calls     {"data":[every call, newest first]}
+  POST /_control/reset     zero the counters, clear the log and the fault script, restore latency
+  POST /_control/config    {"latency_ms": 20}: sleep that long before answering each API request
+  POST /_control/script    JSON array of fault actions, one per following API request (FIFO);
+                           replaces any actions still pending
+  POST /_control/shutdown  answer, then exit
+
+Every request outside /_control/ is an API request: it is counted, logged and takes the next
+scripted action (a wrong path still gets its 404, a wrong method its 405).
+
+The data set is generated from --seed with a private xorshift32 generator, so it is the same on
+every run and every Lua version; each call is rendered to JSON once at start-up and pages are
+concatenations of those strings.
+]]
+
+local socket = require("socket")
+local cjson = require("cjson")
+
+------------------------------------------------------------------------------
+-- Command line
+------------------------------------------------------------------------------
+
+local USAGE = [[
+usage: lua5.4 spec/support/server.lua [--host 127.0.0.1] [--port 0] [--calls 300] [--seed 1]
+                                      [--token osvi-test-token1] [--latency-ms 0]
+]]
+
+local function is_integer_text(s)
+  return s:match("^%-?%d+$") ~= nil and #s <= 18
+end
+
+-- One row per option: the field it sets, its default and a check that turns the text into
+-- the value (or returns nil when it is not acceptable).
+local OPTIONS = {
+  host = { "host", "127.0.0.1", function(s) return s ~= "" and s or nil end },
+  port = { "port", 0, function(s)
+    local n = is_integer_text(s) and math.tointeger(tonumber(s))
+    return n and n >= 0 and n <= 65535 and n or nil
+  end },
+  calls = { "calls", 300, function(s)
+    local n = is_integer_text(s) and math.tointeger(tonumber(s))
+    return n and n >= 0 and n or nil
+  end },
+  seed = { "seed", 1, function(s) return is_integer_text(s) and math.tointeger(tonumber(s)) or nil end },
+  token = { "token", "osvi-test-token1", function(s) return s ~= "" and s or nil end },
+  ["latency-ms"] = { "latency_ms", 0, function(s)
+    local n = tonumber(s)
+    return n and n >= 0 and n or nil
+  end },
+}
+
+local function parse_args(argv)
+  local opts = {}
+  for _, row in pairs(OPTIONS) do opts[row[1]] = row[2] end
+  local i = 1
+  while i <= #argv do
+    local word = argv[i]
+    if word == "-h" or word == "--help" then
+      io.stdout:write(USAGE)
+      os.exit(0)
+    end
+    local name, value = word:match("^%-%-([%w-]+)=(.*)$") -- --name=value
+    if not name then
+      name = word:match("^%-%-([%w-]+)$")                  -- --name value
+      i = i + 1
+      value = argv[i]
+    end
+    local row = name and OPTIONS[name]
+    if not row then
+      io.stderr:write("osvi-server: unknown argument '", word, "'\n", USAGE)
+      os.exit(2)
+    end
+    local parsed = value and row[3](value)
+    if parsed == nil then
+      io.stderr:write("osvi-server: bad value for --", name, ": ", tostring(value), "\n", USAGE)
+      os.exit(2)
+    end
+    opts[row[1]] = parsed
+    i = i + 1
+  end
+  return opts
+end
+
+local opts = parse_args(arg)
+
+------------------------------------------------------------------------------
+-- JSON output (hand-written: fixed field order, integers as integers)
+------------------------------------------------------------------------------
+
+local JSON_ESCAPES = {
+  ['"'] = '\\"', ["\\"] = "\\\\", ["\b"] = "\\b", ["\f"] = "\\f",
+  ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t", ["\127"] = "\\u007f",
+}
+for byte = 0, 31 do
+  local ch = string.char(byte)
+  JSON_ESCAPES[ch] = JSON_ESCAPES[ch] or string.format("\\u%04x", byte)
+end
+
+-- A JSON string literal, or null for nil. UTF-8 passes through unescaped.
+local function jstr(s)
+  if s == nil then return "null" end
+  if s:find('[%c"\\]') then s = s:gsub('[%c"\\]', JSON_ESCAPES) end
+  return '"' .. s .. '"'
+end
+
+-- A JSON integer, or null for nil.
+local function jint(n)
+  if n == nil then return "null" end
+  return string.format("%d", n)
+end
+
+local function error_body(messages)
+  local quoted = {}
+  for i, m in ipairs(messages) do quoted[i] = jstr(m) end
+  return '{"success":false,"errors":[' .. table.concat(quoted, ",") .. "]}"
+end
+
+------------------------------------------------------------------------------
+-- Time: epoch seconds <-> civil dates, without the local time zone of the machine
+------------------------------------------------------------------------------
+
+local IST_OFFSET = 5 * 3600 + 30 * 60 -- seconds east of UTC
+
+-- Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil).
+local function days_from_civil(y, m, d)
+  if m <= 2 then y = y - 1 end
+  local era = y // 400
+  local yoe = y - era * 400
+  local doy = (153 * ((m + 9) % 12) + 2) // 5 + d - 1 -- day of a year starting on 1 March
+  local doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+  return era * 146097 + doe - 719468
+end
+
+local function days_in_month(y, m)
+  if m == 2 then
+    return (y % 4 == 0 and (y % 100 ~= 0 or y % 400 == 0)) and 29 or 28
+  end
+  return (m == 4 or m == 6 or m == 9 or m == 11) and 30 or 31
+end
+
+-- "2026-06-12T09:30:00+05:30" for an epoch second.
+local function format_ist(t)
+  return os.date("!%Y-%m-%dT%H:%M:%S+05:30", t + IST_OFFSET)
+end
+
+-- The bound named by a start_date/end_date value, in epoch milliseconds, or nil if malformed.
+-- A plain date is a whole day in IST: its first millisecond for a lower bound, its last for
+-- an upper one. A timestamp is an instant; a lower bound that falls inside a millisecond
+-- rounds up, so both bounds stay inclusive of exactly what they name.
+local function parse_bound(s, upper)
+  local y, m, d, rest = s:match("^(%d%d%d%d)%-(%d%d)%-(%d%d)(.*)$")
+  if not y then return nil end
+  y, m, d = tonumber(y), tonumber(m), tonumber(d)
+  if m < 1 or m > 12 or d < 1 or d > days_in_month(y, m) then return nil end
+  local day = days_from_civil(y, m, d) * 86400
+  if rest == "" then
+    local first_ms = (day - IST_OFFSET) * 1000
+    return upper and first_ms + 86399999 or first_ms
+  end
+  local hh, mi, ss, frac, zone = rest:match("^T(%d%d):(%d%d):(%d%d)(%.?%d*)(.*)$")
+  if not hh then return nil end
+  hh, mi, ss = tonumber(hh), tonumber(mi), tonumber(ss)
+  if hh > 23 or mi > 59 or ss > 59 then return nil end
+  if frac ~= "" and not frac:match("^%.%d+$") then return nil end
+  local offset = 0
+  if zone ~= "Z" then
+    local sign, oh, om = zone:match("^([+-])(%d%d):(%d%d)$")
+    if not sign then return nil end
+    oh, om = tonumber(oh), tonumber(om)
+    if oh > 23 or om > 59 then return nil end
+    offset = (oh * 3600 + om * 60) * (sign == "-" and -1 or 1)
+  end
+  local ms = (day + hh * 3600 + mi * 60 + ss - offset) * 1000
+  if frac ~= "" then
+    local digits = frac:sub(2)
+    ms = ms + tonumber((digits .. "00"):sub(1, 3))
+    if not upper and digits:sub(4):find("[1-9]") then ms = ms + 1 end
+  end
+  return ms
+end
+
+------------------------------------------------------------------------------
+-- The data set
+------------------------------------------------------------------------------
+
+-- xorshift32 on plain integers: the same stream on every platform and Lua version.
+local function new_rng(seed)
+  local x = (seed * 0x9E3779B1 + 0x7F4A7C15) & 0xFFFFFFFF -- spread nearby seeds apart
+  if x == 0 then x = 0x6D2B79F5 end                       -- xorshift must not start at 0
+  local function next32()
+    x = x ~ ((x << 13) & 0xFFFFFFFF)
+    x = x ~ (x >> 17)
+    x = x ~ ((x << 5) & 0xFFFFFFFF)
+    return x
+  end
+  for _ = 1, 8 do next32() end
+  return next32
+end
+
+local function rand(rng, lo, hi)
+  return lo + rng() % (hi - lo + 1)
+end
+
+-- Pick from a list of { weight, value } rows (the list carries its `total` weight).
+local function pick(rng, rows)
+  local r = rng() % rows.total
+  for _, row in ipairs(rows) do
+    r = r - row[1]
+    if r < 0 then return row[2] end
+  end
+end
+
+local function weighted(rows)
+  local total = 0
+  for _, row in ipairs(rows) do total = total + row[1] end
+  rows.total = total
+  return rows
+end
+
+local STATUSES = { "picked", "not_picked", "failed", "busy", "voicemail", "in_progress" }
+
+-- The account: its agents (each with its caller ID and campaigns -> contact uploads) and tags.
+local AGENTS = weighted({
+  { 34, { uuid = "agent_IsZ3Q6Sf_60Eh26XQMGbz-R_og", name = "Appointment Reminder",
+          from = "+911140001234", campaigns = { { 7, { 19, 21, 22 } }, { 9, { 24 } } } } },
+  { 26, { uuid = "agent_7fK2pQ9xLm_Wd4Rt-8YbNc1Hs", name = "Payment Follow-up",
+          from = "+912261234567", campaigns = { { 3, { 4, 5 } } } } },
+  { 20, { uuid = "agent_Qm4-Zr8TbV_2xLpN6sKj0GhYw", name = "Lead Qualification",
+          from = "+918041234567", campaigns = { { 12, { 30, 31 } } } } },
+  { 12, { uuid = "agent_Hn5Ws_3JkP9-vBe7Tq1XzRc8D", name = "Customer Feedback Survey",
+          from = "+914071234567", campaigns = { { 15, { 41 } } } } },
+  { 8,  { uuid = "agent_c0Rt8_yUe4Mx-Ln2Pa6QsVb9K", name = "Collections – Hindi",
+          from = "+913340001234", campaigns = { { 18, { 50, 51 } } } } },
+})
+
+local AGENT_BY_UUID = {}
+for _, row in ipairs(AGENTS) do AGENT_BY_UUID[row[2].uuid] = row[2] end
+
+local TAGS = {
+  '{"id":12,"name":"interested","color_code":"#22c55e"}',
+  '{"id":13,"name":"not_interested","color_code":"#ef4444"}',
+  '{"id":14,"name":"callback_requested","color_code":"#f59e0b"}',
+  '{"id":15,"name":"wrong_number","color_code":"#6b7280"}',
+}
+
+local OUTBOUND_STATUS = weighted({
+  { 50, "picked" }, { 22, "not_picked" }, { 10, "busy" }, { 6, "failed" }, { 12, "voicemail" },
+})
+local INBOUND_STATUS = weighted({ { 90, "picked" }, { 7, "not_picked" }, { 3, "failed" } })
+
+-- The newest call: 2026-06-30T20:00:00+05:30.
+local NEWEST = days_from_civil(2026, 6, 30) * 86400 + 20 * 3600 - IST_OFFSET
+
+local CALL_JSON_FORMAT = '{"call_id":%s,"agent_uuid":%s,"agent_name":%s,"phone_number":%s,'
+  .. '"from_number":%s,"status":%s,"call_type":%s,"duration_seconds":%d,"call_ended_by":%s,'
+  .. '"call_ended_reason":%s,"campaign_id":%s,"campaign_upload_id":%s,"tag":%s,'
+  .. '"created_at":%s,"call_picked_at":%s}'
+
+local function uuid4(rng)
+  local a, b, c, d = rng(), rng(), rng(), rng()
+  return string.format("%08x-%04x-4%03x-%04x-%04x%08x",
+    a, b >> 16, b & 0xFFF, 0x8000 | ((c >> 16) & 0x3FFF), c & 0xFFFF, d)
+end
+
+-- How a call ended: duration, who ended it, why. Only called for finished calls.
+local function ending(rng, status)
+  if status == "picked" then
+    local duration = rng() % 5 == 0 and rand(rng, 181, 900) or rand(rng, 5, 180)
+    if rng() % 5 < 2 then return duration, "customer", "customer-ended-call" end
+    if duration == 900 then return duration, "agent", "max-duration-reached" end
+    return duration, "agent", rng() % 6 == 0 and "silence-timed-out" or "assistant-ended-call"
+  elseif status == "voicemail" then
+    return rand(rng, 5, 60), "agent", "voicemail-reached"
+  elseif status == "not_picked" then
+    return 0, nil, "no-answer"
+  elseif status == "busy" then
+    return 0, nil, "customer-busy"
+  end
+  local reasons = { "invalid-number", "network-error" } -- failed; a third of them give no reason
+  return 0, nil, reasons[rng() % 3 + 1]
+end
+
+-- Returns `calls` (the fields the filters look at, per call) and `json` (each call's text),
+-- both indexed 1..n, newest first.
+local function generate(n, seed)
+  local rng = new_rng(seed)
+  local calls, json, phones, seen = {}, {}, {}, {}
+  local created = NEWEST
+  for i = 1, n do
+    if i > 1 then created = created - rand(rng, 1, 600) end
+    local id
+    repeat id = uuid4(rng) until not seen[id]
+    seen[id] = true
+    local agent = pick(rng, AGENTS)
+    local inbound = rng() % 100 < 20
+    -- Calls still running exist only among the newest ten; the newest one always is one.
+    local status
+    if i == 1 or (i <= 10 and rng() % 5 == 0) then
+      status = "in_progress"
+    else
+      status = pick(rng, inbound and INBOUND_STATUS or OUTBOUND_STATUS)
+    end
+    -- A quarter of the calls go to a number already called (follow-ups, call-backs).
+    local phone
+    if i > 1 and rng() % 4 == 0 then
+      phone = phones[rand(rng, 1, i - 1)]
+    else
+      phone = string.format("+91%d%09d", rand(rng, 6, 9), rng() % 1000000000)
+    end
+    phones[i] = phone
+    local duration, ended_by, reason = 0, nil, nil
+    if status ~= "in_progress" then duration, ended_by, reason = ending(rng, status) end
+    local campaign_id, upload_id
+    if not inbound then
+      local campaign = agent.campaigns[rand(rng, 1, #agent.campaigns)]
+      campaign_id, upload_id = campaign[1], campaign[2][rand(rng, 1, #campaign[2])]
+    end
+    local tag = rng() % 10 >= 4 and TAGS[rand(rng, 1, #TAGS)] or nil
+    local picked
+    if status == "picked" or status == "voicemail" or status == "in_progress" then
+      picked = created + rand(rng, 1, 12)
+    end
+    local call_type = inbound and "inbound" or "outbound"
+    calls[i] = {
+      status = status, agent_uuid = agent.uuid, campaign_id = campaign_id,
+      campaign_upload_id = upload_id, phone_number = phone, call_type = call_type,
+      picked_ms = picked and picked * 1000,
+    }
+    json[i] = string.format(CALL_JSON_FORMAT,
+      jstr(id), jstr(agent.uuid), jstr(agent.name), jstr(phone),
+      jstr(inbound and phone or agent.from), jstr(status), jstr(call_type), duration,
+      jstr(ended_by), jstr(reason), jint(campaign_id), jint(upload_id), tag or "null",
+      jstr(format_ist(created)), jstr(picked and format_ist(picked)))
+  end
+  return calls, json
+end
+
+local CALLS, CALL_JSON = generate(opts.calls, opts.seed)
+
+------------------------------------------------------------------------------
+-- Query parameters, validation and filtering
+------------------------------------------------------------------------------
+
+-- Percent-decoding only: in a query `+` stays `+` (it is not a space here).
+local function unescape(s)
+  if not s:find("%", 1, true) then return s end
+  return (s:gsub("%%(%x%x)", function(hex) return string.char(tonumber(hex, 16)) end))
+end
+
+-- name -> value; a name given twice keeps its last value; `name` alone means "".
+local function parse_query(raw)
+  local params = {}
+  for pair in raw:gmatch("[^&]+") do
+    local name, value = pair:match("^([^=]*)=?(.*)$")
+    params[unescape(name)] = unescape(value)
+  end
+  return params
+end
+
+local function parse_integer(s)
+  return is_integer_text(s) and math.tointeger(tonumber(s)) or nil
+end
+
+local function parse_positive(s)
+  local n = parse_integer(s)
+  return n and n >= 1 and n or nil
+end
+
+local STATUS_SET = {}
+for _, s in ipairs(STATUSES) do STATUS_SET[s] = true end
+
+-- "picked,busy" -> { picked = true, busy = true }; nil if any item is not a status.
+local function parse_status_list(s)
+  local set = {}
+  for item in (s .. ","):gmatch("([^,]*),") do
+    if not STATUS_SET[item] then return nil end
+    set[item] = true
+  end
+  return set
+end
+
+local function identity(v) return v end
+
+-- One row per filter: how its text is parsed (nil = invalid), how the parsed value is written
+-- in a cache key, and whether a call passes. The order is the order of the 422 messages.
+local FILTERS = {
+  { name = "status", parse = parse_status_list,
+    key = function(set)
+      local names = {}
+      for _, s in ipairs(STATUSES) do if set[s] then names[#names + 1] = s end end
+      return table.concat(names, ",")
+    end,
+    test = function(call, set) return set[call.status] end },
+  { name = "agent_uuid", parse = identity, key = identity,
+    test = function(call, v) return call.agent_uuid == v end },
+  { name = "campaign_id", parse = parse_integer, key = tostring,
+    test = function(call, v) return call.campaign_id == v end },
+  { name = "campaign_upload_id", parse = parse_integer, key = tostring,
+    test = function(call, v) return call.campaign_upload_id == v end },
+  { name = "phone_number", parse = identity, key = identity,
+    test = function(call, v) return call.phone_number:find(v, 1, true) ~= nil end },
+  { name = "call_type",
+    parse = function(s) return (s == "inbound" or s == "outbound") and s or nil end,
+    key = identity,
+    test = function(call, v) return call.call_type == v end },
+  { name = "start_date", parse = function(s) return parse_bound(s, false) end, key = tostring,
+    test = function(call, ms) return call.picked_ms ~= nil and call.picked_ms >= ms end },
+  { name = "end_date", parse = function(s) return parse_bound(s, true) end, key = tostring,
+    test = function(call, ms) return call.picked_ms ~= nil and call.picked_ms <= ms end },
+}
+
+local MAX_PER_PAGE = 100
+local FILTER_CACHE_LIMIT = 4000000 -- call indices kept over all cached lists
+local filter_cache, filter_cache_size = {}, 0
+
+-- The indices of the calls passing every { row, value } in `active`, cached per combination.
+local function matching(active)
+  local parts = {}
+  for i, f in ipairs(active) do
+    local text = f[1].key(f[2])
+    parts[i] = string.format("%s=%d:%s", f[1].name, #text, text) -- length-prefixed: unambiguous
+  end
+  local key = table.concat(parts, "&")
+  local list = filter_cache[key]
+  if list then return list end
+  list = {}
+  local n = 0
+  for i = 1, #CALLS do
+    local call, ok = CALLS[i], true
+    for _, f in ipairs(active) do
+      if not f[1].test(call, f[2]) then ok = false; break end
+    end
+    if ok then n = n + 1; list[n] = i end
+  end
+  if filter_cache_size + n > FILTER_CACHE_LIMIT then filter_cache, filter_cache_size = {}, 0 end
+  filter_cache[key], filter_cache_size = list, filter_cache_size + n
+  return list
+end
+
+local scratch = {} -- reused by render_page to gather one page of call texts
+
+local function render_page(list, page, per_page)
+  local total = #list
+  local pages = (total + per_page - 1) // per_page
+  local n = 0
+  if page <= pages then -- also keeps (page - 1) * per_page from overflowing on absurd pages
+    local first = (page - 1) * per_page + 1
+    for k = first, math.min(first + per_page - 1, total) do
+      n = n + 1
+      scratch[n] = CALL_JSON[list[k]]
+    end
+  end
+  return string.format(
+    '{"success":true,"data":[%s],"meta":{"current_page":%d,"total_pages":%d,"total_count":%d,"per_page":%d}}',
+    table.concat(scratch, ",", 1, n), page, pages, total, per_page)
+end
+
+------------------------------------------------------------------------------
+-- HTTP responses
+------------------------------------------------------------------------------
+
+local JSON_TYPE = "application/json; charset=utf-8"
+
+local REASONS = {
+  [200] = "OK", [201] = "Created", [202] = "Accepted", [204] = "No Content",
+  [301] = "Moved Permanently", [302] = "Found", [303] = "See Other",
+  [307] = "Temporary Redirect", [308] = "Permanent Redirect",
+  [400] = "Bad Request", [401] = "Unauthorized", [403] = "Forbidden", [404] = "Not Found",
+  [405] = "Method Not Allowed", [408] = "Request Timeout", [409] = "Conflict",
+  [413] = "Content Too Large", [422] = "Unprocessable Entity", [429] = "Too Many Requests",
+  [431] = "Request Header Fields Too Large", [500] = "Internal Server Error",
+  [501] = "Not Implemented", [502] = "Bad Gateway", [503] = "Service Unavailable",
+  [504] = "Gateway Timeout",
+}
+
+local function reason(status)
+  return REASONS[status] or (status < 400 and "OK" or "Error")
+end
+
+-- The whole response as one string. `extra` is a list of { name, value }; a Content-Type or
+-- Content-Length given there replaces the default one.
+local function build_response(status, body, keep, content_type, extra)
+  local given = {}
+  for _, h in ipairs(extra or {}) do given[h[1]:lower()] = true end
+  local lines = { "HTTP/1.1 " .. status .. " " .. reason(status) }
+  if content_type and not given["content-type"] then lines[#lines + 1] = "Content-Type: " .. content_type end
+  if not given["content-length"] then lines[#lines + 1] = "Content-Length: " .. #body end
+  for _, h in ipairs(extra or {}) do lines[#lines + 1] = h[1] .. ": " .. h[2] end
+  lines[#lines + 1] = keep and "Connection: keep-alive" or "Connection: close"
+  lines[#lines + 1] = ""
+  lines[#lines + 1] = body
+  return table.concat(lines, "\r\n")
+end
+
+------------------------------------------------------------------------------
+-- The API itself
+------------------------------------------------------------------------------
+
+-- Status, body and extra headers of the normal answer to an API request.
+local function api_result(req)
+  if req.path ~= "/v1/calls" then return 404, error_body({ "not found" }) end
+  if req.method ~= "GET" then return 405, error_body({ "method not allowed" }), { { "Allow", "GET" } } end
+  if req.headers["api-token"] ~= opts.token then
+    return 401, error_body({ "invalid or missing API-Token" })
+  end
+  local params = parse_query(req.query)
+  local active, errors = {}, {}
+  for _, row in ipairs(FILTERS) do
+    local text = params[row.name]
+    if text then
+      local value = row.parse(text)
+      if value == nil then errors[#errors + 1] = row.name .. " is invalid"
+      else active[#active + 1] = { row, value } end
+    end
+  end
+  local page, per_page = 1, 25
+  if params.page then
+    page = parse_positive(params.page)
+    if not page then errors[#errors + 1] = "page is invalid" end
+  end
+  if params.per_page then
+    per_page = parse_positive(params.per_page)
+    if not per_page then errors[#errors + 1] = "per_page is invalid" end
+  end
+  if #errors > 0 then return 422, error_body(errors) end
+  if params.agent_uuid and not AGENT_BY_UUID[params.agent_uuid] then
+    return 404, error_body({ "agent not found" })
+  end
+  return 200, render_page(matching(active), page, math.min(per_page, MAX_PER_PAGE))
+end
+
+-- Whole 200 responses, by keep-alive flag and then by the raw query string (a finer key than
+-- the normalised query, and one that needs no parsing on a hit). Bounded by total size.
+local RESPONSE_CACHE_LIMIT = 64 * 1024 * 1024
+local response_cache, response_cache_size = { [true] = {}, [false] = {} }, 0
+
+-- Status and complete response text of the normal answer to an API request.
+local function api_response(req, keep)
+  local cacheable = req.path == "/v1/calls" and req.method == "GET"
+    and req.headers["api-token"] == opts.token
+  if cacheable then
+    local hit = response_cache[keep][req.query]
+    if hit then return 200, hit end
+  end
+  local status, body, extra = api_result(req)
+  local response = build_response(status, body, keep, JSON_TYPE, extra)
+  if cacheable and status == 200 then
+    if response_cache_size + #response > RESPONSE_CACHE_LIMIT then
+      response_cache, response_cache_size = { [true] = {}, [false] = {} }, 0
+    end
+    response_cache[keep][req.query] = response
+    response_cache_size = response_cache_size + #response
+  end
+  return status, response
+end
+
+------------------------------------------------------------------------------
+-- Scheduler: one coroutine per connection, socket.select for readiness, timed sleeps
+------------------------------------------------------------------------------
+
+-- A set of sockets waited on, as the array socket.select wants plus the waiting coroutine.
+local function new_waitset()
+  return { list = {}, pos = {}, co = {} }
+end
+
+local function waitset_add(set, sock, co)
+  local n = #set.list + 1
+  set.list[n], set.pos[sock], set.co[sock] = sock, n, co
+end
+
+local function waitset_take(set, sock)
+  local i = set.pos[sock]
+  if not i then return nil end
+  local list = set.list
+  local last = list[#list]
+  list[i], set.pos[last] = last, i -- move the last socket into the hole
+  list[#list] = nil
+  set.pos[sock] = nil
+  local co = set.co[sock]
+  set.co[sock] = nil
+  return co
+end
+
+local readers, writers = new_waitset(), new_waitset()
+local sleepers = {} -- { at = time, co = coroutine }
+local running = true
+
+local function wait_readable(sock)
+  waitset_add(readers, sock, coroutine.running())
+  coroutine.yield()
+end
+
+local function wait_writable(sock)
+  waitset_add(writers, sock, coroutine.running())
+  coroutine.yield()
+end
+
+-- Sleep without blocking other connections; sleep(0) just lets the others run.
+local function sleep(seconds)
+  sleepers[#sleepers + 1] = { at = socket.gettime() + seconds, co = coroutine.running() }
+  coroutine.yield()
+end
+
+local function resume(co)
+  local ok, err = coroutine.resume(co)
+  if not ok then io.stderr:write("osvi-server: ", tostring(err), "\n") end
+end
+
+local function wake_sleepers()
+  local now, due, i = socket.gettime(), {}, 1
+  while i <= #sleepers do
+    local s = sleepers[i]
+    if s.at <= now then
+      due[#due + 1] = s
+      sleepers[i] = sleepers[#sleepers]
+      sleepers[#sleepers] = nil
+    else
+      i = i + 1
+    end
+  end
+  table.sort(due, function(a, b) return a.at < b.at end)
+  for _, s in ipairs(due) do resume(s.co) end
+end
+
+local function select_timeout()
+  if #sleepers == 0 then return nil end -- nothing timed: block until a socket is ready
+  local soonest = math.huge
+  for _, s in ipairs(sleepers) do soonest = math.min(soonest, s.at) end
+  return math.max(0, soonest - socket.gettime())
+end
+
+------------------------------------------------------------------------------
+-- Connection I/O (inside a connection's coroutine)
+------------------------------------------------------------------------------
+
+local RECV_SIZE = 65536
+local MAX_HEAD, MAX_BODY = 64 * 1024, 1024 * 1024
+
+-- Sends all of `data`, waiting for writability on partial sends. False if the peer is gone.
+local function send_all(sock, data)
+  local i = 1
+  while true do
+    local last, err, partial = sock:send(data, i)
+    if last then return true end
+    if err ~= "timeout" then return false end
+    i = partial + 1
+    wait_writable(sock)
+  end
+end
+
+-- Appends to conn.buf what the peer has sent, waiting until something arrives.
+-- False at end of stream or on error.
+local function fill(conn)
+  while true do
+    local data, err, partial = conn.sock:receive(RECV_SIZE)
+    local chunk = data or partial
+    if chunk and chunk ~= "" then
+      conn.buf = conn.buf .. chunk
+      return true
+    end
+    if err ~= "timeout" then return false end
+    wait_readable(conn.sock)
+  end
+end
+
+-- The next request on the connection: { method, path, query, headers, keep, body }.
+-- Returns nil when the peer closed, or nil and a status to answer a malformed request with.
+local function read_request(conn)
+  local head_end
+  while true do
+    head_end = conn.buf:find("\r\n\r\n", 1, true)
+    if head_end then break end
+    if #conn.buf > MAX_HEAD then return nil, 431 end
+    if not fill(conn) then return nil end
+  end
+  local head = conn.buf:sub(1, head_end - 1)
+  conn.buf = conn.buf:sub(head_end + 4)
+
+  local method, target, version = head:match("^(%u+) (%S+) HTTP/(%d%.%d)")
+  if not method then return nil, 400 end
+  local headers = {}
+  for line in head:gmatch("\r\n([^\r\n]*)") do
+    local name, value = line:match("^([^:%s]+):%s*(.-)%s*$")
+    if not name then return nil, 400 end
+    name = name:lower()
+    headers[name] = headers[name] and headers[name] .. ", " .. value or value
+  end
+  local path, query = target:match("^([^?]*)%??(.*)$")
+  local connection = (headers.connection or ""):lower()
+  local keep
+  if version == "1.0" then
+    keep = connection:find("keep-alive", 1, true) ~= nil
+  else
+    keep = connection:find("close", 1, true) == nil
+  end
+
+  if headers["transfer-encoding"] then return nil, 501 end -- request bodies: Content-Length only
+  local body, length = "", headers["content-length"]
+  if length then
+    length = parse_integer(length)
+    if not length or length < 0 then return nil, 400 end
+    if length > MAX_BODY then return nil, 413 end
+    if #conn.buf < length and (headers.expect or ""):lower() == "100-continue" then
+      send_all(conn.sock, "HTTP/1.1 100 Continue\r\n\r\n")
+    end
+    while #conn.buf < length do
+      if not fill(conn) then return nil end
+    end
+    body, conn.buf = conn.buf:sub(1, length), conn.buf:sub(length + 1)
+  end
+  return { method = method, path = path, query = query, headers = headers, keep = keep, body = body }
+end
+
+------------------------------------------------------------------------------
+-- Counters, request log and fault script
+------------------------------------------------------------------------------
+
+local LOG_MAX = 1000
+
+local state = {
+  requests = 0,         -- API requests since the last reset
+  connections = 0,      -- connections that carried an API request since the last reset
+  open_connections = 0, -- open connections that have carried an API request
+  epoch = 1,            -- bumped by each reset, so connections count again after it
+  log = {},             -- ring buffer of the last LOG_MAX API requests
+  logged = 0,           -- API requests logged since the last reset
+  script = {},          -- pending fault actions, each with `left` uses
+  latency = opts.latency_ms / 1000,
+}
+
+local function reset_state()
+  state.requests, state.connections, state.epoch = 0, 0, state.epoch + 1
+  state.log, state.logged, state.script = {}, 0, {}
+  state.latency = opts.latency_ms / 1000
+end
+
+-- Counts and logs an API request; the returned log entry gets its status and fault later.
+local function record(conn, req)
+  state.requests = state.requests + 1
+  if conn.epoch ~= state.epoch then
+    conn.epoch = state.epoch
+    state.connections = state.connections + 1
+  end
+  if not conn.api then
+    conn.api = true
+    state.open_connections = state.open_connections + 1
+  end
+  local entry = { method = req.method, path = req.path, query = req.query,
+                  connection = conn.id, headers = req.headers }
+  state.logged = state.logged + 1
+  state.log[(state.logged - 1) % LOG_MAX + 1] = entry
+  return entry
+end
+
+local function next_action()
+  local action = state.script[1]
+  if not action then return nil end
+  action.left = action.left - 1
+  if action.left == 0 then table.remove(state.script, 1) end
+  return action
+end
+
+local function render_stats()
+  local entries = {}
+  for k = math.max(1, state.logged - LOG_MAX + 1), state.logged do
+    local e = state.log[(k - 1) % LOG_MAX + 1]
+    local names, headers = {}, {}
+    for name in pairs(e.headers) do names[#names + 1] = name end
+    table.sort(names)
+    for i, name in ipairs(names) do headers[i] = jstr(name) .. ":" .. jstr(e.headers[name]) end
+    entries[#entries + 1] = string.format(
+      '{"method":%s,"path":%s,"query":%s,"connection":%d,"headers":{%s},"status":%s,"fault":%s}',
+      jstr(e.method), jstr(e.path), jstr(e.query), e.connection, table.concat(headers, ","),
+      jint(e.status), jstr(e.fault))
+  end
+  return string.format('{"requests":%d,"connections":%d,"open_connections":%d,"log":[%s]}',
+    state.requests, state.connections, state.open_connections, table.concat(entries, ","))
+end
+
+------------------------------------------------------------------------------
+-- Fault script: validation
+------------------------------------------------------------------------------
+
+local function as_integer(v)
+  return type(v) == "number" and math.tointeger(v) or nil
+end
+
+local function as_number(v)
+  return type(v) == "number" and v or nil
+end
+
+-- Allowed keys per kind of action ("status" is an action without "fault").
+local ACTION_KEYS = {
+  status = { "status", "headers", "body", "content_type", "errors" },
+  reset = {}, empty = {}, truncate = {}, close_after = {}, pass = {},
+  drip = { "interval_ms" },
+  huge = { "bytes", "chunked" },
+  delay = { "ms" },
+  redirect = { "status", "location" },
+}
+
+-- A checked copy of one script action, or nil and the reason it is rejected.
+local function check_action(raw)
+  if type(raw) ~= "table" or raw[1] ~= nil then return nil, "not an object" end
+  for k, v in pairs(raw) do
+    if v == cjson.null then raw[k] = nil end -- null means "not given"
+  end
+  local kind = raw.fault or "status"
+  local keys = type(kind) == "string" and ACTION_KEYS[kind]
+  if not keys then return nil, "unknown fault " .. tostring(kind) end
+  local allowed = { fault = true, times = true }
+  for _, k in ipairs(keys) do allowed[k] = true end
+  for k in pairs(raw) do
+    if not allowed[k] then return nil, "unknown key " .. tostring(k) end
+  end
+  local action = { kind = kind, fault = raw.fault, left = as_integer(raw.times or 1) }
+  if not action.left or action.left < 1 then return nil, "times must be an integer >= 1" end
+
+  if kind == "status" then
+    action.status = as_integer(raw.status)
+    if not action.status or action.status < 200 or action.status > 599 then
+      return nil, "status must be an integer from 200 to 599"
+    end
+    action.headers = {}
+    if raw.headers ~= nil then
+      if type(raw.headers) ~= "table" or raw.headers[1] ~= nil then return nil, "headers must be an object" end
+      for name, value in pairs(raw.headers) do
+        if type(value) == "number" then value = tostring(math.tointeger(value) or value) end
+        if type(name) ~= "string" or type(value) ~= "string" then
+          return nil, "header values must be strings or numbers"
+        end
+        action.headers[#action.headers + 1] = { name, value }
+      end
+      table.sort(action.headers, function(a, b) return a[1] < b[1] end)
+    end
+    if raw.body ~= nil and type(raw.body) ~= "string" then return nil, "body must be a string" end
+    if raw.content_type ~= nil and type(raw.content_type) ~= "string" then
+      return nil, "content_type must be a string"
+    end
+    if raw.errors ~= nil then
+      if type(raw.errors) ~= "table" then return nil, "errors must be an array of strings" end
+      for i, e in pairs(raw.errors) do
+        if math.type(i) ~= "integer" or type(e) ~= "string" then return nil, "errors must be an array of strings" end
+      end
+    end
+    action.body, action.content_type, action.errors = raw.body, raw.content_type, raw.errors
+  elseif kind == "drip" then
+    action.interval = as_number(raw.interval_ms or 1000)
+    if not action.interval or action.interval < 0 then return nil, "interval_ms must be a number >= 0" end
+    action.interval = action.interval / 1000
+  elseif kind == "huge" then
+    action.bytes, action.chunked = as_integer(raw.bytes), raw.chunked or false
+    if type(action.chunked) ~= "boolean" then return nil, "chunked must be a boolean" end
+    if not action.bytes or action.bytes < -1 or (action.bytes == -1 and not action.chunked) then
+      return nil, "bytes must be an integer >= 0 (or -1 with chunked)"
+    end
+  elseif kind == "delay" then
+    action.delay = as_number(raw.ms)
+    if not action.delay or action.delay < 0 then return nil, "ms must be a number >= 0" end
+    action.delay = action.delay / 1000
+  elseif kind == "redirect" then
+    action.status = as_integer(raw.status or 302)
+    if not action.status or action.status < 300 or action.status > 399 then
+      return nil, "status must be an integer from 300 to 399"
+    end
+    if type(raw.location) ~= "string" then return nil, "location must be a string" end
+    action.location = raw.location
+  end
+  return action
+end
+
+------------------------------------------------------------------------------
+-- Fault script: execution. Each runner answers (or not) and returns true to keep the
+-- connection open for the next request.
+------------------------------------------------------------------------------
+
+-- The normal answer, sent whole.
+local function answer(conn, req, entry, keep)
+  local status, response = api_response(req, keep)
+  entry.status = status
+  return send_all(conn.sock, response) and keep
+end
+
+-- Default error messages of scripted statuses without a body.
+local DEFAULT_ERRORS = {
+  [401] = "invalid or missing API-Token", [404] = "not found", [422] = "per_page is invalid",
+  [429] = "too many requests", [500] = "internal server error",
+}
+
+local HUGE_FILLER = string.rep('{"a":1},', 8192) -- 64 KiB
+local HUGE_FIRST = '{"success":true,"data":[' .. HUGE_FILLER
+
+local RUN = {}
+
+function RUN.pass(conn, req, entry)
+  return answer(conn, req, entry, req.keep)
+end
+
+function RUN.delay(conn, req, entry, action)
+  sleep(action.delay)
+  return answer(conn, req, entry, req.keep)
+end
+
+function RUN.close_after(conn, req, entry)
+  answer(conn, req, entry, false)
+  return false
+end
+
+function RUN.reset(conn)
+  -- linger 0: close() sends a RST instead of a FIN
+  conn.sock:setoption("linger", { on = true, timeout = 0 })
+  return false
+end
+
+function RUN.empty()
+  return false
+end
+
+function RUN.truncate(conn, req, entry)
+  local status, response = api_response(req, req.keep)
+  entry.status = status
+  local head_end = response:find("\r\n\r\n", 1, true) + 3
+  send_all(conn.sock, response:sub(1, head_end + (#response - head_end) // 2))
+  return false
+end
+
+function RUN.drip(conn, req, entry, action)
+  local status, response = api_response(req, req.keep)
+  entry.status = status
+  for k = 1, #response do
+    if k > 1 then sleep(action.interval) end
+    if not send_all(conn.sock, response:sub(k, k)) then return false end
+  end
+  return req.keep
+end
+
+function RUN.redirect(conn, req, entry, action)
+  entry.status = action.status
+  local response = build_response(action.status, "", req.keep, nil, { { "Location", action.location } })
+  return send_all(conn.sock, response) and req.keep
+end
+
+-- A 200 whose body is `{"success":true,"data":[` and filler, `bytes` long (-1: endless,
+-- chunked only), sent in 64 KiB pieces without ever holding the whole body.
+function RUN.huge(conn, req, entry, action)
+  entry.status = 200
+  local out = "HTTP/1.1 200 OK\r\nContent-Type: " .. JSON_TYPE .. "\r\n"
+    .. (action.chunked and "Transfer-Encoding: chunked\r\n" or "Content-Length: " .. action.bytes .. "\r\n")
+    .. (req.keep and "Connection: keep-alive" or "Connection: close") .. "\r\n\r\n"
+  local left, piece = action.bytes, HUGE_FIRST
+  while left ~= 0 do
+    if left > 0 then
+      if #piece > left then piece = piece:sub(1, left) end
+      left = left - #piece
+    end
+    if action.chunked then
+      out = out .. string.format("%x\r\n", #piece) .. piece .. "\r\n"
+    else
+      out = out .. piece
+    end
+    if not send_all(conn.sock, out) then return false end
+    out, piece = "", HUGE_FILLER
+    sleep(0) -- a fast reader would otherwise keep this loop from ever yielding
+  end
+  if action.chunked then out = out .. "0\r\n\r\n" end
+  if out ~= "" and not send_all(conn.sock, out) then return false end
+  return req.keep
+end
+
+function RUN.status(conn, req, entry, action)
+  local status, body = action.status, action.body
+  if body == nil then
+    if status == 200 then
+      status, body = api_result(req) -- the normal answer, with the scripted headers added
+    elseif status >= 400 then
+      body = error_body(action.errors or { DEFAULT_ERRORS[status] or reason(status):lower() })
+    else
+      body = ""
+    end
+  end
+  local content_type = action.content_type or (body ~= "" and JSON_TYPE or nil)
+  entry.status = status
+  local response = build_response(status, body, req.keep, content_type, action.headers)
+  return send_all(conn.sock, response) and req.keep
+end
+
+local function handle_api(conn, req)
+  local entry = record(conn, req)
+  local action = next_action()
+  entry.fault = action and action.fault
+  if state.latency > 0 then sleep(state.latency) end
+  if action then return RUN[action.kind](conn, req, entry, action) end
+  return answer(conn, req, entry, req.keep)
+end
+
+------------------------------------------------------------------------------
+-- Control API
+------------------------------------------------------------------------------
+
+local OK = '{"ok":true}'
+
+local function bad_request(message)
+  return 400, '{"ok":false,"error":' .. jstr(message) .. "}"
+end
+
+local function decode_object(body)
+  local ok, value = pcall(cjson.decode, body)
+  if not ok or type(value) ~= "table" or value[1] ~= nil or not body:match("^%s*{") then
+    return nil
+  end
+  return value
+end
+
+local all_calls_body -- built on first request
+
+-- path -> method -> handler(req) returning status and body
+local CONTROL = {
+  ["/_control/stats"] = { GET = function() return 200, render_stats() end },
+  ["/_control/calls"] = { GET = function()
+    all_calls_body = all_calls_body or '{"data":[' .. table.concat(CALL_JSON, ",") .. "]}"
+    return 200, all_calls_body
+  end },
+  ["/_control/reset"] = { POST = function()
+    reset_state()
+    return 200, OK
+  end },
+  ["/_control/config"] = { POST = function(req)
+    local config = decode_object(req.body)
+    if not config then return bad_request("body must be a JSON object") end
+    for k in pairs(config) do
+      if k ~= "latency_ms" then return bad_request("unknown key " .. tostring(k)) end
+    end
+    if config.latency_ms ~= nil then
+      local ms = as_number(config.latency_ms)
+      if not ms or ms < 0 then return bad_request("latency_ms must be a number >= 0") end
+      state.latency = ms / 1000
+    end
+    return 200, OK
+  end },
+  ["/_control/script"] = { POST = function(req)
+    local ok, raw = pcall(cjson.decode, req.body)
+    if not ok or type(raw) ~= "table" or not req.body:match("^%s*%[") then
+      return bad_request("body must be a JSON array of actions")
+    end
+    local script = {}
+    for i, item in ipairs(raw) do
+      local action, err = check_action(item)
+      if not action then return bad_request("action " .. i .. ": " .. err) end
+      script[i] = action
+    end
+    state.script = script
+    return 200, OK
+  end },
+  ["/_control/shutdown"] = { POST = function()
+    running = false
+    return 200, OK
+  end },
+}
+
+local function handle_control(conn, req)
+  local route, status, body, extra = CONTROL[req.path], nil, nil, nil
+  if not route then
+    status, body = 404, error_body({ "not found" })
+  elseif not route[req.method] then
+    local allowed = {}
+    for method in pairs(route) do allowed[#allowed + 1] = method end
+    status, body, extra = 405, error_body({ "method not allowed" }), { { "Allow", table.concat(allowed, ", ") } }
+  else
+    status, body = route[req.method](req)
+  end
+  local keep = req.keep and running
+  return send_all(conn.sock, build_response(status, body, keep, JSON_TYPE, extra)) and keep
+end
+
+------------------------------------------------------------------------------
+-- Connections
+------------------------------------------------------------------------------
+
+local function serve(conn)
+  while true do
+    local req, status = read_request(conn)
+    if not req then
+      if status then
+        send_all(conn.sock, build_response(status, error_body({ reason(status):lower() }), false, JSON_TYPE))
+      end
+      return
+    end
+    local keep
+    if req.path:sub(1, 10) == "/_control/" then
+      keep = handle_control(conn, req)
+    else
+      keep = handle_api(conn, req)
+    end
+    if not keep then return end
+  end
+end
+
+local function close_connection(conn)
+  conn.sock:close()
+  if conn.api then state.open_connections = state.open_connections - 1 end
+end
+
+local connection_count = 0
+
+local function accept_all(server)
+  while true do
+    local sock = server:accept()
+    if not sock then return end
+    sock:settimeout(0)
+    sock:setoption("tcp-nodelay", true)
+    connection_count = connection_count + 1
+    local conn = { id = connection_count, sock = sock, buf = "" }
+    local co = coroutine.create(function()
+      local ok, err = xpcall(serve, debug.traceback, conn)
+      if not ok then io.stderr:write("osvi-server: connection ", conn.id, ": ", err, "\n") end
+      close_connection(conn)
+    end)
+    -- Start by waiting for the request rather than running now: a FIN that arrived before
+    -- this connection is then processed first, so open_connections is current when a stats
+    -- request follows a client's close.
+    waitset_add(readers, sock, co)
+  end
+end
+
+------------------------------------------------------------------------------
+-- Main
+------------------------------------------------------------------------------
+
+local function main()
+  local server = assert(socket.tcp())
+  server:setoption("reuseaddr", true)
+  local ok, err = server:bind(opts.host, opts.port)
+  if not ok then
+    io.stderr:write("osvi-server: cannot bind ", opts.host, ":", opts.port, ": ", err, "\n")
+    os.exit(1)
+  end
+  assert(server:listen(1024))
+  server:settimeout(0)
+  local ip, port = server:getsockname()
+  local stat = assert(io.open("/proc/self/stat"))
+  local pid = stat:read("n")
+  stat:close()
+  io.stdout:write(string.format("osvi-server listening on http://%s:%d pid=%d\n", ip, port, pid))
+  io.stdout:flush()
+
+  local ACCEPT = "accept" -- marks the listening socket in the readers set
+  waitset_add(readers, server, ACCEPT)
+  while running do
+    local readable, writable = socket.select(readers.list, writers.list, select_timeout())
+    for _, sock in ipairs(readable) do
+      if readers.co[sock] == ACCEPT then
+        accept_all(server)
+      else
+        local co = waitset_take(readers, sock)
+        if co then resume(co) end
+      end
+    end
+    for _, sock in ipairs(writable) do
+      local co = waitset_take(writers, sock)
+      if co then resume(co) end
+    end
+    if #sleepers > 0 then wake_sleepers() end
+  end
+  server:close()
+  os.exit(0)
+end
+
+main()
