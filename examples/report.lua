@@ -32,6 +32,10 @@ end
 local function hms(s)
   return string.format("%d:%02d:%02d", s // 3600, s // 60 % 60, s % 60)
 end
+-- pads to a width in characters, not bytes (agent names may be UTF-8)
+local function pad(s, width)
+  return s .. string.rep(" ", width - (utf8.len(s) or #s))
+end
 local function pct(a, b) return b > 0 and string.format("%5.1f%%", 100 * a / b) or "    -" end
 local function sorted_keys(t, by)
   local keys = {}
@@ -53,7 +57,7 @@ end
 print("\nby agent                      calls  picked  pickup   talk time")
 for _, a in ipairs(sorted_keys(by_agent)) do
   local r = by_agent[a]
-  print(string.format("  %-26s %6d  %6d  %s  %10s", a, r.calls, r.picked, pct(r.picked, r.calls), hms(r.talk)))
+  print(string.format("  %s %6d  %6d  %s  %10s", pad(a, 26), r.calls, r.picked, pct(r.picked, r.calls), hms(r.talk)))
 end
 
 print("\nby IST day     calls  picked  pickup   talk time")
