@@ -32,7 +32,7 @@ static const char default_key = 'c'; /* registry[&default_key] = client */
 static const char *const option_names[] = {
     "token",      "base_url",          "timeout",  "connect_timeout",
     "max_retries", "retry_base",       "max_response_bytes", "user_agent",
-    "ca_file",    "proxy",             NULL};
+    "ca_file",    "proxy",             "stall_timeout",      NULL};
 
 static void reject_unknown_options(lua_State *L, int idx) {
   lua_pushnil(L);
@@ -193,6 +193,7 @@ static int client_new(lua_State *L) {
   o.timeout_ms = (long)(opt_number(L, opts, "timeout", 30, 0.001, 86400) * 1000);
   o.connect_timeout_ms =
       (long)(opt_number(L, opts, "connect_timeout", 10, 0.001, 86400) * 1000);
+  o.stall_s = (long)ceil(opt_number(L, opts, "stall_timeout", 15, 1, 86400));
   c->max_retries = (int)opt_integer(L, opts, "max_retries", 2, 0, 10);
   c->retry_base = opt_number(L, opts, "retry_base", 0.5, 0, 60);
   o.max_bytes = (size_t)opt_integer(L, opts, "max_response_bytes",
@@ -300,10 +301,14 @@ static void push_curl_error(lua_State *L, osvi_client *c, CURLcode rc,
                             long status) {
   const char *detail = c->http.errbuf[0] ? c->http.errbuf
                                          : curl_easy_strerror(rc);
-  if (c->http.too_large) {
+  if (c->http.too_large || rc == CURLE_FILESIZE_EXCEEDED) {
     osvi_error_push(L, OSVI_E_TOO_LARGE, status,
                     "the response is larger than max_response_bytes (%I)",
                     (LUAI_UACINT)c->http.max_bytes);
+  } else if (c->http.over_budget) {
+    osvi_error_push(L, OSVI_E_NETWORK, status,
+                    "the connection closed before an answer, and the "
+                    "retries are spent (1 + max_retries requests sent)");
   } else if (c->http.out_of_memory) {
     osvi_error_push(L, OSVI_E_NETWORK, status,
                     "not enough memory for the response");
@@ -320,6 +325,7 @@ int osvi_client_fetch(lua_State *L, osvi_client *c, const char *query) {
   int attempt, top = lua_gettop(L);
   const char *url = lua_pushfstring(L, "%s/v1/calls%s%s", c->base_url,
                                     *query ? "?" : "", query);
+  osvi_http_budget(&c->http, 1 + c->max_retries);
   for (attempt = 1;; attempt++) {
     long status;
     double delay;
@@ -337,10 +343,13 @@ int osvi_client_fetch(lua_State *L, osvi_client *c, const char *query) {
       push_curl_error(L, c, rc, status);
       retry = retryable_curl(rc) && !c->http.too_large;
     }
-    /* an error object is at the top */
-    lua_pushinteger(L, attempt);
+    /* an error object is at the top; requests actually sent, counting
+    ** libcurl's own re-sends, are bounded by the budget */
+    lua_pushinteger(L, c->http.sent > attempt ? c->http.sent : attempt);
     osvi_error_set(L, "attempts");
-    if (!retry || attempt > c->max_retries) break;
+    if (!retry || attempt > c->max_retries ||
+        c->http.sent >= c->http.budget)
+      break;
     if (c->http.retry_after > MAX_RETRY_AFTER) break; /* returned, not slept */
     lua_pop(L, 1);
     if (c->http.retry_after >= 0) {

@@ -23,6 +23,8 @@ typedef struct osvi_cursor {
   lua_Integer remaining; /* calls still allowed by limit; -1: no limit */
   lua_Integer index;     /* calls of the current data handed out */
   lua_Integer count;     /* calls in the current data */
+  lua_Integer fetched;   /* pages fetched */
+  lua_Integer max_pages; /* bound on fetched, set from the first page */
   int last;              /* no page after the current one */
   int closed;
 } osvi_cursor;
@@ -128,6 +130,17 @@ static void load_page(lua_State *L, int cur, osvi_cursor *k) {
     osvi_error_push(L, OSVI_E_DECODE, 200,
                     "asked for page %I, the server answered page %I",
                     (LUAI_UACINT)k->page, (LUAI_UACINT)current);
+    lua_error(L);
+  }
+  /* Paging must end even if the server's total_pages grows forever: calls
+  ** arriving during a long listing may add pages, but not twice as many. */
+  if (k->fetched++ == 0) k->max_pages = 2 * total + 10;
+  if (k->fetched > k->max_pages) {
+    osvi_error_push(L, OSVI_E_DECODE, 200,
+                    "paging does not end: %I pages read, the listing had "
+                    "%I when it started",
+                    (LUAI_UACINT)k->fetched - 1,
+                    (LUAI_UACINT)(k->max_pages - 10) / 2);
     lua_error(L);
   }
   n = (lua_Integer)lua_rawlen(L, data);

@@ -17,9 +17,10 @@ static const char decode_key = 'd'; /* registry[&decode_key] = decode fn */
 
 #define MAX_EXACT 9007199254740992.0 /* 2^53 */
 
-/* Normalises the table at idx and everything below it. Returns 1, or 0
+/* Normalises the table at idx and everything below it; with `object`, the
+** table must be a JSON object (string keys only). Returns 1, or 0
 ** with a message at the top of the stack (above leftovers the caller drops). */
-static int normalise(lua_State *L, int idx, int depth) {
+static int normalise(lua_State *L, int idx, int depth, int object) {
   if (depth > 64 || !lua_checkstack(L, 4)) {
     lua_pushliteral(L, "nested too deeply");
     return 0;
@@ -27,6 +28,10 @@ static int normalise(lua_State *L, int idx, int depth) {
   idx = lua_absindex(L, idx);
   lua_pushnil(L);
   while (lua_next(L, idx)) {
+    if (object && lua_type(L, -2) != LUA_TSTRING) {
+      lua_pushliteral(L, "not an object");
+      return 0;
+    }
     switch (lua_type(L, -1)) {
       case LUA_TLIGHTUSERDATA: /* JSON null: the field is absent */
         lua_pushvalue(L, -2);
@@ -55,7 +60,7 @@ static int normalise(lua_State *L, int idx, int depth) {
         }
         break;
       case LUA_TTABLE:
-        if (!normalise(L, -1, depth + 1)) return 0;
+        if (!normalise(L, -1, depth + 1, 0)) return 0;
         break;
       default:
         break;
@@ -205,7 +210,7 @@ static int check_data(lua_State *L, int data) {
       lua_pushfstring(L, "data[%I] is not an object", (LUAI_UACINT)i);
       return 0;
     }
-    if (!normalise(L, -1, 1)) {
+    if (!normalise(L, -1, 1, 1)) {
       lua_pushfstring(L, "data[%I]: %s", (LUAI_UACINT)i, lua_tostring(L, -1));
       return 0;
     }
@@ -216,6 +221,18 @@ static int check_data(lua_State *L, int data) {
     lua_pushliteral(L, "'data' is not an array");
     return 0;
   }
+  return 1;
+}
+
+/* meta that disagrees with data: more calls than per_page. */
+static int too_many(lua_State *L, int data, int meta) {
+  lua_Integer n = (lua_Integer)lua_rawlen(L, data), per_page;
+  lua_getfield(L, meta, "per_page");
+  per_page = lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  if (n <= per_page) return 0;
+  lua_pushfstring(L, "'data' has %I calls, more than meta.per_page (%I)",
+                  (LUAI_UACINT)n, (LUAI_UACINT)per_page);
   return 1;
 }
 
@@ -259,9 +276,11 @@ int osvi_decode_response(lua_State *L, long status, const char *body,
     lua_pushfstring(L, "'%s' is missing or not %s",
                     lua_istable(L, data) ? "meta" : "data",
                     lua_istable(L, data) ? "an object" : "an array");
-  } else if (!normalise(L, meta, 1) || !check_meta(L, meta) ||
+  } else if (!normalise(L, meta, 1, 1) || !check_meta(L, meta) ||
              !check_data(L, data)) {
     /* the message is at the top */
+  } else if (too_many(L, data, meta)) {
+    /* so is this one */
   } else {
     lua_createtable(L, 0, 2); /* top,data,meta,page */
     lua_pushvalue(L, data);

@@ -88,6 +88,28 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *ud) {
   return n;
 }
 
+/* Called before each request is sent on a connection, new or reused: also
+** before the request libcurl re-sends by itself when a reused keep-alive
+** connection turns out dead. So this is where the retry budget is kept. */
+#if LIBCURL_VERSION_NUM >= 0x075000
+static int on_prereq(void *ud, char *ip, char *local_ip, int port,
+                     int local_port) {
+  osvi_http *h = ud;
+  (void)ip, (void)local_ip, (void)port, (void)local_port;
+  if (h->sent >= h->budget) {
+    h->over_budget = 1;
+    return CURL_PREREQFUNC_ABORT;
+  }
+  h->sent++;
+  return CURL_PREREQFUNC_OK;
+}
+#endif
+
+void osvi_http_budget(osvi_http *h, int n) {
+  h->sent = 0;
+  h->budget = n;
+}
+
 #define SETOPT(h, opt, val)                                  \
   do {                                                       \
     if (curl_easy_setopt((h)->easy, opt, val) != CURLE_OK)   \
@@ -116,6 +138,13 @@ const char *osvi_http_init(osvi_http *h, const osvi_http_options *o) {
   SETOPT(h, CURLOPT_TIMEOUT_MS, o->timeout_ms);
   SETOPT(h, CURLOPT_CONNECTTIMEOUT_MS, o->connect_timeout_ms);
   SETOPT(h, CURLOPT_TCP_KEEPALIVE, 1L);
+  /* a stall detector: a server that drips bytes fails long before the
+  ** timeout when the timeout is long */
+  SETOPT(h, CURLOPT_LOW_SPEED_LIMIT, 64L);
+  SETOPT(h, CURLOPT_LOW_SPEED_TIME, o->stall_s);
+  /* fail early on a Content-Length over the cap; the write callback
+  ** enforces the cap on the bytes actually received */
+  SETOPT(h, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)o->max_bytes);
   /* The token must reach the API and nothing else: no redirects, only
   ** http and https, TLS always verified. */
   SETOPT(h, CURLOPT_FOLLOWLOCATION, 0L);
@@ -134,6 +163,11 @@ const char *osvi_http_init(osvi_http *h, const osvi_http_options *o) {
   SETOPT(h, CURLOPT_HEADERFUNCTION, on_header);
   SETOPT(h, CURLOPT_HEADERDATA, h);
   SETOPT(h, CURLOPT_ERRORBUFFER, h->errbuf);
+#if LIBCURL_VERSION_NUM >= 0x075000
+  SETOPT(h, CURLOPT_PREREQFUNCTION, on_prereq);
+  SETOPT(h, CURLOPT_PREREQDATA, h);
+#endif
+  h->budget = 1;
   return NULL;
 }
 
@@ -143,6 +177,7 @@ CURLcode osvi_http_get(osvi_http *h, const char *url, long *status) {
   h->too_large = 0;
   h->out_of_memory = 0;
   h->retry_after = -1;
+  h->over_budget = 0;
   h->errbuf[0] = '\0';
   *status = 0;
   rc = curl_easy_setopt(h->easy, CURLOPT_URL, url);

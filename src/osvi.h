@@ -118,6 +118,9 @@ typedef struct osvi_http {
   int too_large;        /* set by the write callback when the cap is hit */
   int out_of_memory;    /* set by the write callback when realloc fails */
   long retry_after;     /* seconds from Retry-After, -1 when absent/garbage */
+  int sent;             /* requests sent since osvi_http_budget */
+  int budget;           /* requests allowed; libcurl's own re-sends count */
+  int over_budget;      /* a request was stopped because the budget is spent */
   char errbuf[CURL_ERROR_SIZE];
 } osvi_http;
 
@@ -127,12 +130,16 @@ typedef struct osvi_http_options {
   const char *ca_file;  /* NULL: the system's CA store */
   const char *proxy;    /* NULL: libcurl's environment variables */
   long timeout_ms, connect_timeout_ms;
+  long stall_s;         /* under 64 bytes/s for this long is a timeout */
   size_t max_bytes;
 } osvi_http_options;
 
 /* Creates the easy handle. Returns NULL, or a static message on failure
 ** (the struct is then still safe to pass to osvi_http_free). */
 const char *osvi_http_init(osvi_http *h, const osvi_http_options *o);
+/* Allows `n` requests to be sent from now on, counting each one libcurl
+** sends, including its silent re-send on a reused connection found dead. */
+void osvi_http_budget(osvi_http *h, int n);
 /* Performs one GET. *status is the HTTP status or 0 when none arrived. */
 CURLcode osvi_http_get(osvi_http *h, const char *url, long *status);
 /* Safe on a zeroed struct and safe twice. */

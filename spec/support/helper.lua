@@ -104,6 +104,14 @@ function M.run_lua(code, env)
   return ok, out
 end
 
+--- The pid of this Lua process.
+function M.self_pid()
+  local f = assert(io.open("/proc/self/stat"))
+  local pid = f:read("n")
+  f:close()
+  return pid
+end
+
 --- Calls fn and returns the error object it raises (fails if none).
 function M.raises(fn, ...)
   local ok, err = pcall(fn, ...)
