@@ -14,13 +14,6 @@ local function fails(client, filters)
   return err
 end
 
-local function open_fds()
-  local p = io.popen("ls /proc/" .. H.self_pid() .. "/fd | wc -l")
-  local n = tonumber(p:read("l"))
-  p:close()
-  return n
-end
-
 local function vm(field)
   for line in io.lines("/proc/self/status") do
     local kb = line:match("^" .. field .. ":%s+(%d+) kB")
@@ -320,43 +313,72 @@ describe("hostile servers", function()
   end)
 
   describe("lifetime", function()
-    it("returns descriptors to their baseline after break, errors, coroutines and dropped clients", function()
-      collectgarbage()
-      collectgarbage()
-      local base = open_fds()
-      -- in a function of its own, so no dead register of this frame keeps
-      -- the objects alive
-      local function work()
-        local c = server:client()
-        for _ in c:calls { per_page = 5 } do break end
-        pcall(function() for _ in c:calls { per_page = 5 } do error("x") end end)
-        local co = coroutine.wrap(function()
-          for call in c:calls { per_page = 5 } do coroutine.yield(call) end
-        end)
-        co()
-        assert.truthy(open_fds() > base) -- the kept-alive connection
+    -- each check runs in a process of its own, so that no other spec's
+    -- objects come and go while descriptors are counted
+    local prelude = [[
+      local osvi = require "osvi"
+      local url, token = ...
+      local function fds()
+        local p, n = io.popen("ls /proc/" .. PID .. "/fd"), 0
+        for _ in p:lines() do n = n + 1 end
+        p:close()
+        return n
       end
-      work()
-      collectgarbage()
-      collectgarbage()
-      assert.equal(base, open_fds())
+      local function client() return osvi.new { token = token, base_url = url } end
+      local function settle() collectgarbage() collectgarbage() end
+    ]]
+    local function run(body)
+      local code = "local PID = io.open('/proc/self/stat'):read('n')\n" .. prelude .. body
+      code = code:gsub("%.%.%.", "'" .. server.url .. "', '" .. H.TOKEN .. "'", 1)
+      local ok, out = H.run_lua(code)
+      assert.is_true(ok, out)
+      return out
+    end
+
+    it("returns descriptors to their baseline after break, errors, coroutines and dropped clients", function()
+      local out = run [[
+        settle()
+        local base = fds()
+        local open
+        local function work()
+          local c = client()
+          for _ in c:calls { per_page = 5 } do break end
+          pcall(function() for _ in c:calls { per_page = 5 } do error("x") end end)
+          local co = coroutine.wrap(function()
+            for call in c:calls { per_page = 5 } do coroutine.yield(call) end
+          end)
+          co()
+          open = fds()
+        end
+        work()
+        settle()
+        print(base, open, fds())
+      ]]
+      local base, open, after = out:match("(%d+)\t(%d+)\t(%d+)")
+      assert.truthy(base, out)
+      -- the kept-alive connection and libcurl's internal wakeup pair
+      assert.truthy(tonumber(open) > tonumber(base))
+      assert.equal(base, after)
     end)
 
     it("creates and drops 10,000 clients, 200 of them connected, without leaking", function()
-      collectgarbage()
-      collectgarbage()
-      local base = open_fds()
-      local function work()
-        for i = 1, 10000 do
-          local c = server:client()
-          if i % 50 == 0 then assert(c:page { per_page = 1 }) end
-          if i % 1000 == 0 then collectgarbage() end
+      local out = run [[
+        settle()
+        local base = fds()
+        local function work()
+          for i = 1, 10000 do
+            local c = client()
+            if i % 50 == 0 then assert(c:page { per_page = 1 }) end
+            if i % 1000 == 0 then collectgarbage() end
+          end
         end
-      end
-      work()
-      collectgarbage()
-      collectgarbage()
-      assert.equal(base, open_fds())
+        work()
+        settle()
+        print(base, fds())
+      ]]
+      local base, after = out:match("(%d+)\t(%d+)")
+      assert.truthy(base, out)
+      assert.equal(base, after)
     end)
   end)
 end)

@@ -1,7 +1,9 @@
 -- Spec helpers: start the local OSVI server (spec/support/server.lua) on a
 -- free port of 127.0.0.1, talk to its control API, and run Lua snippets in a
 -- child process (for environment variables and crashes).
-package.cpath = "./?.so;" .. package.cpath
+-- OSVI_CPATH picks another build of osvi.so (the sanitizer builds of make check)
+local CPATH = os.getenv("OSVI_CPATH") or "./?.so"
+package.cpath = CPATH .. ";" .. package.cpath
 
 local socket = require "socket"
 local cjson = require "cjson"
@@ -90,7 +92,7 @@ end
 function M.run_lua(code, env)
   local tmp = os.tmpname()
   local f = assert(io.open(tmp, "w"))
-  f:write('package.cpath = "./?.so;" .. package.cpath\n', code)
+  f:write(string.format("package.cpath = %q .. package.cpath\n", CPATH .. ";"), code)
   f:close()
   local prefix = ""
   for k, v in pairs(env or {}) do

@@ -1,0 +1,101 @@
+# libFuzzer harnesses for osvi (decode.c, query.c).
+#
+# Standalone, from anywhere:   make -f spec/fuzz/fuzz.mk fuzz
+# Or from the main Makefile:   include spec/fuzz/fuzz.mk
+#
+# Targets
+#   fuzz-build  build build/fuzz/fuzz_decode and build/fuzz/fuzz_query
+#   fuzz        run each fuzzer for FUZZ_SECONDS on a copy of its seed corpus
+#               (build/fuzz/corpus-*, never the committed corpus); fails when
+#               a fuzzer finds a crash, leak, UB or invariant violation, whose
+#               input is left in build/fuzz/artifacts/
+#   fuzz-seeds  run every committed seed (and spec/fuzz/crashes/*) once: a
+#               fast regression check
+#   fuzz-clean  remove build/fuzz
+#
+# Needs clang with libFuzzer (Debian: clang-14, libclang-rt-14-dev), the Lua
+# 5.4 and libcurl headers, and lua-cjson for Lua 5.4.
+
+# Evaluated now, while this file is the last one read: the repository root.
+FUZZ_ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST)))/../..)
+FUZZ_STANDALONE := $(if $(filter 1,$(words $(MAKEFILE_LIST))),1,)
+FUZZ_SAVED_GOAL := $(.DEFAULT_GOAL)
+
+FUZZ_CC        ?= clang
+FUZZ_SECONDS   ?= 60
+FUZZ_DIR       ?= $(FUZZ_ROOT)/build/fuzz
+FUZZ_LUA_INC   ?= /usr/include/lua5.4
+FUZZ_CURL_CFLAGS ?= $(shell pkg-config --cflags libcurl 2>/dev/null)
+FUZZ_SANITIZE  ?= -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
+FUZZ_CFLAGS    ?= -g -O1 -fno-omit-frame-pointer -std=c99 -D_POSIX_C_SOURCE=200809L \
+                  -Wall -Wextra
+FUZZ_LIBS      ?= -llua5.4 -lcurl -lpthread -lm
+# extra libFuzzer flags for `fuzz`, e.g. FUZZ_FLAGS=-jobs=4
+FUZZ_FLAGS     ?=
+FUZZ_RUN_FLAGS ?= -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
+FUZZ_ENV       ?= ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 \
+                  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+
+FUZZ_SRC     := $(wildcard $(FUZZ_ROOT)/src/*.c)
+FUZZ_OBJ     := $(patsubst $(FUZZ_ROOT)/src/%.c,$(FUZZ_DIR)/obj/%.o,$(FUZZ_SRC))
+FUZZ_TARGETS := decode query
+FUZZ_BINS    := $(FUZZ_TARGETS:%=$(FUZZ_DIR)/fuzz_%)
+FUZZ_ALL_CFLAGS = $(FUZZ_CFLAGS) $(FUZZ_SANITIZE) -I$(FUZZ_ROOT)/src \
+                  -I$(FUZZ_LUA_INC) $(FUZZ_CURL_CFLAGS)
+
+.PHONY: fuzz fuzz-build fuzz-seeds fuzz-clean
+# keep the instrumented objects (make would delete them as intermediates)
+.SECONDARY: $(FUZZ_OBJ)
+
+fuzz-build: $(FUZZ_BINS)
+
+# osvi's sources, instrumented (a separate copy from the module's objects)
+$(FUZZ_DIR)/obj/%.o: $(FUZZ_ROOT)/src/%.c $(FUZZ_ROOT)/src/osvi.h
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_ALL_CFLAGS) -c -o $@ $<
+
+$(FUZZ_DIR)/fuzz_%: $(FUZZ_ROOT)/spec/fuzz/fuzz_%.c $(FUZZ_OBJ) $(FUZZ_ROOT)/src/osvi.h \
+                $(FUZZ_ROOT)/spec/fuzz/fuzz_allow.h
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_ALL_CFLAGS) -o $@ $< $(FUZZ_OBJ) $(FUZZ_LIBS)
+
+# Each fuzzer works in build/fuzz/corpus-NAME: the seeds are copied in (the
+# README is not a seed), and what a run finds stays there for the next run.
+# Both fuzzers run even when the first fails; the target fails if either did.
+fuzz: $(FUZZ_BINS)
+	@mkdir -p $(FUZZ_DIR)/artifacts; rc=0; \
+	for t in $(FUZZ_TARGETS); do \
+	  work=$(FUZZ_DIR)/corpus-$$t; mkdir -p $$work; \
+	  find $(FUZZ_ROOT)/spec/fuzz/corpus/$$t -type f ! -name 'README*' \
+	    -exec cp {} $$work/ \; ; \
+	  dict=$(FUZZ_ROOT)/spec/fuzz/$$t.dict; \
+	  echo "== fuzz_$$t for $(FUZZ_SECONDS) s"; \
+	  $(FUZZ_ENV) $(FUZZ_DIR)/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) \
+	    $(FUZZ_RUN_FLAGS) $$( [ -f $$dict ] && echo -dict=$$dict ) \
+	    -artifact_prefix=$(FUZZ_DIR)/artifacts/$$t- $(FUZZ_FLAGS) $$work \
+	    || { echo "fuzz_$$t FAILED: see $(FUZZ_DIR)/artifacts/"; rc=1; }; \
+	done; exit $$rc
+
+# Every seed and every saved crash input once (libFuzzer runs file arguments
+# once each and exits).
+fuzz-seeds: $(FUZZ_BINS)
+	@rc=0; \
+	for t in $(FUZZ_TARGETS); do \
+	  files=$$(find $(FUZZ_ROOT)/spec/fuzz/corpus/$$t \
+	    $$( [ -d $(FUZZ_ROOT)/spec/fuzz/crashes/$$t ] && echo $(FUZZ_ROOT)/spec/fuzz/crashes/$$t ) \
+	    -type f ! -name 'README*' | sort); \
+	  echo "== fuzz_$$t: $$(echo "$$files" | wc -l) inputs"; \
+	  $(FUZZ_ENV) $(FUZZ_DIR)/fuzz_$$t $$files >$(FUZZ_DIR)/seeds-$$t.log 2>&1 \
+	    || { tail -n 40 $(FUZZ_DIR)/seeds-$$t.log; echo "fuzz_$$t FAILED on a seed"; rc=1; }; \
+	done; exit $$rc
+
+fuzz-clean:
+	rm -rf $(FUZZ_DIR)
+
+# Standalone, `make -f spec/fuzz/fuzz.mk` builds the fuzzers; included, this
+# fragment leaves the including Makefile's default goal alone.
+ifeq ($(FUZZ_STANDALONE),1)
+.DEFAULT_GOAL := fuzz-build
+else
+.DEFAULT_GOAL := $(FUZZ_SAVED_GOAL)
+endif
