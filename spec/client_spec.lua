@@ -61,6 +61,7 @@ describe("osvi.new", function()
     local t = "0123456789abcdef"
     assert.equal("tokn", new_usage({ token = t, tokn = t }).key)
     assert.matches("unknown option 'tokn'", new_usage({ token = t, tokn = t }).message, 1, true)
+    assert.equal("token\0", new_usage({ token = t, ["token\0"] = t }).key)
     assert.equal("timeout", new_usage({ token = t, timeout = 0 }).key)
     assert.equal("timeout", new_usage({ token = t, timeout = "30" }).key)
     assert.equal("connect_timeout", new_usage({ token = t, connect_timeout = -1 }).key)

@@ -248,7 +248,15 @@ describe("errors", function()
       end
     end)
 
-    it("success: false with a 200 is api, with the server's errors", function()
+    it("keeps the server's errors as a sequence of strings (found by fuzzing)", function()
+    server:script { { status = 422, body = '{"success":false,"errors":["a",null,{"x":1},"b",3]}' },
+      { status = 200, body = '{"success":false,"errors":[null,"c"]}' } }
+    local c = server:client()
+    assert.same({ "a", "b" }, fails(c).errors)
+    assert.same({ "c" }, fails(c).errors)
+  end)
+
+  it("success: false with a 200 is api, with the server's errors", function()
       server:script { { status = 200, body = '{"success":false,"errors":["account suspended"]}' } }
       local err = fails(server:client())
       assert.equal("api", err.kind)

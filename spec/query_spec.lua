@@ -139,6 +139,8 @@ describe("osvi.query", function()
     assert.matches("unknown filter 'stauts' (did you mean 'status'?)", err.message, 1, true)
     assert.matches("unknown filter 'colour'", usage({ colour = 1 }).message, 1, true)
     assert.equal("usage", usage({ [1] = "picked" }).kind)
+    -- the key is given back exactly, embedded zeros included (found by fuzzing)
+    assert.equal("status\0x", usage({ ["status\0x"] = "picked" }).key)
   end)
 
   it("refuses limit for a single page, and a non-table", function()

@@ -43,10 +43,12 @@ static void reject_unknown_options(lua_State *L, int idx) {
       osvi_usage_error(L, NULL, "osvi.new: option names are strings, got %s",
                        luaL_typename(L, -1));
     for (i = 0; option_names[i] != NULL; i++)
-      if (strcmp(option_names[i], lua_tostring(L, -1)) == 0) break;
+      if (strlen(option_names[i]) == lua_rawlen(L, -1) &&
+          strcmp(option_names[i], lua_tostring(L, -1)) == 0)
+        break;
     if (option_names[i] == NULL)
-      osvi_usage_error(L, lua_tostring(L, -1), "osvi.new: unknown option '%s'",
-                       lua_tostring(L, -1));
+      osvi_usage_error_at(L, -1, "osvi.new: unknown option '%s'",
+                          lua_tostring(L, -1));
   }
 }
 

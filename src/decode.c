@@ -106,12 +106,12 @@ static void copy_server_errors(lua_State *L, int err, int json) {
   if (lua_istable(L, json)) {
     lua_getfield(L, json, "errors");
     if (lua_istable(L, -1)) {
-      lua_Integer i, n = (lua_Integer)lua_rawlen(L, -1);
+      lua_Integer i, j = 0, n = (lua_Integer)lua_rawlen(L, -1);
       lua_createtable(L, (int)n, 0);
-      for (i = 1; i <= n; i++) {
+      for (i = 1; i <= n; i++) { /* strings only, kept as a sequence */
         lua_rawgeti(L, -2, i);
-        if (lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER)
-          lua_rawseti(L, -2, i);
+        if (lua_type(L, -1) == LUA_TSTRING)
+          lua_rawseti(L, -2, ++j);
         else
           lua_pop(L, 1);
       }

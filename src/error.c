@@ -51,6 +51,17 @@ int osvi_usage_error(lua_State *L, const char *key, const char *fmt, ...) {
   return lua_error(L);
 }
 
+int osvi_usage_error_at(lua_State *L, int key, const char *fmt, ...) {
+  va_list ap;
+  key = lua_absindex(L, key);
+  va_start(ap, fmt);
+  push_error_v(L, OSVI_E_USAGE, 0, fmt, ap);
+  va_end(ap);
+  lua_pushvalue(L, key);
+  osvi_error_set(L, "key");
+  return lua_error(L);
+}
+
 /*
 ** __tostring: "osvi: rate_limited (HTTP 429): too many requests
 ** [per_page is invalid] (retry after 30 s)"

@@ -60,6 +60,9 @@ void osvi_error_push(lua_State *L, osvi_kind kind, long status,
                      const char *fmt, ...);
 /* Pushes a usage error naming `key` and raises it. Does not return. */
 int osvi_usage_error(lua_State *L, const char *key, const char *fmt, ...);
+/* Raises a usage error whose key is the value at index `key` (exact, even
+** with embedded zeros). Does not return. */
+int osvi_usage_error_at(lua_State *L, int key, const char *fmt, ...);
 /* Sets field `name` of the error object at the top of the stack to the value
 ** at the top, popping it: [-1, +0]. */
 void osvi_error_set(lua_State *L, const char *name);

@@ -394,9 +394,9 @@ static void reject_unknown_keys(lua_State *L, int idx) {
       if (d < bestd) bestd = d, best = i;
     }
     if (best < NFILTERS)
-      osvi_usage_error(L, k, "unknown filter '%s' (did you mean '%s'?)", k,
-                       filters[best].name);
-    osvi_usage_error(L, k, "unknown filter '%s'", k);
+      osvi_usage_error_at(L, -1, "unknown filter '%s' (did you mean '%s'?)",
+                          k, filters[best].name);
+    osvi_usage_error_at(L, -1, "unknown filter '%s'", k);
   }
 }
 
