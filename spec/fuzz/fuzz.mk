@@ -11,6 +11,8 @@
 #               input is left in build/fuzz/artifacts/
 #   fuzz-seeds  run every committed seed (and spec/fuzz/crashes/*) once: a
 #               fast regression check
+#   fuzz-coverage  line/branch coverage of decode.c, error.c, query.c and
+#               time.c reached by the corpus (needs llvm-profdata, llvm-cov)
 #   fuzz-clean  remove build/fuzz
 #
 # Needs clang with libFuzzer (Debian: clang-14, libclang-rt-14-dev), the Lua
@@ -43,7 +45,7 @@ FUZZ_BINS    := $(FUZZ_TARGETS:%=$(FUZZ_DIR)/fuzz_%)
 FUZZ_ALL_CFLAGS = $(FUZZ_CFLAGS) $(FUZZ_SANITIZE) -I$(FUZZ_ROOT)/src \
                   -I$(FUZZ_LUA_INC) $(FUZZ_CURL_CFLAGS)
 
-.PHONY: fuzz fuzz-build fuzz-seeds fuzz-clean
+.PHONY: fuzz fuzz-build fuzz-seeds fuzz-coverage fuzz-clean
 # keep the instrumented objects (make would delete them as intermediates)
 .SECONDARY: $(FUZZ_OBJ)
 
@@ -88,6 +90,40 @@ fuzz-seeds: $(FUZZ_BINS)
 	  $(FUZZ_ENV) $(FUZZ_DIR)/fuzz_$$t $$files >$(FUZZ_DIR)/seeds-$$t.log 2>&1 \
 	    || { tail -n 40 $(FUZZ_DIR)/seeds-$$t.log; echo "fuzz_$$t FAILED on a seed"; rc=1; }; \
 	done; exit $$rc
+
+# Line and branch coverage of src/ reached by the corpus (the one `fuzz`
+# grew in build/fuzz/corpus-*, else the seeds), with a separate build that has
+# clang's source-based coverage instead of the sanitizers.
+FUZZ_PROFDATA ?= llvm-profdata
+FUZZ_LLVM_COV ?= llvm-cov
+FUZZ_COV_FLAGS = $(FUZZ_CFLAGS) -fsanitize=fuzzer -fprofile-instr-generate \
+                 -fcoverage-mapping -I$(FUZZ_ROOT)/src -I$(FUZZ_LUA_INC) $(FUZZ_CURL_CFLAGS)
+FUZZ_COV_OBJ := $(patsubst $(FUZZ_ROOT)/src/%.c,$(FUZZ_DIR)/cov/obj/%.o,$(FUZZ_SRC))
+.SECONDARY: $(FUZZ_COV_OBJ)
+
+$(FUZZ_DIR)/cov/obj/%.o: $(FUZZ_ROOT)/src/%.c $(FUZZ_ROOT)/src/osvi.h
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_COV_FLAGS) -c -o $@ $<
+
+$(FUZZ_DIR)/cov/fuzz_%: $(FUZZ_ROOT)/spec/fuzz/fuzz_%.c $(FUZZ_COV_OBJ) \
+                $(FUZZ_ROOT)/src/osvi.h $(FUZZ_ROOT)/spec/fuzz/fuzz_allow.h
+	$(FUZZ_CC) $(FUZZ_COV_FLAGS) -o $@ $< $(FUZZ_COV_OBJ) $(FUZZ_LIBS)
+
+fuzz-coverage: $(FUZZ_TARGETS:%=$(FUZZ_DIR)/cov/fuzz_%)
+	@for t in $(FUZZ_TARGETS); do \
+	  dir=$(FUZZ_DIR)/corpus-$$t; [ -d $$dir ] || dir=$(FUZZ_ROOT)/spec/fuzz/corpus/$$t; \
+	  rm -f $(FUZZ_DIR)/cov/$$t.profraw; \
+	  OSVI_FUZZ_ALLOW=$${OSVI_FUZZ_ALLOW:-errors-holes,key-nul} \
+	  LLVM_PROFILE_FILE=$(FUZZ_DIR)/cov/$$t.profraw \
+	    $(FUZZ_DIR)/cov/fuzz_$$t -runs=0 $$dir >$(FUZZ_DIR)/cov/$$t.log 2>&1 || true; \
+	done; \
+	$(FUZZ_PROFDATA) merge -sparse -o $(FUZZ_DIR)/cov/all.profdata \
+	  $(FUZZ_TARGETS:%=$(FUZZ_DIR)/cov/%.profraw) && \
+	$(FUZZ_LLVM_COV) report $(FUZZ_DIR)/cov/fuzz_decode \
+	  -object $(FUZZ_DIR)/cov/fuzz_query \
+	  -instr-profile=$(FUZZ_DIR)/cov/all.profdata \
+	  $(FUZZ_ROOT)/src/decode.c $(FUZZ_ROOT)/src/error.c \
+	  $(FUZZ_ROOT)/src/query.c $(FUZZ_ROOT)/src/time.c
 
 fuzz-clean:
 	rm -rf $(FUZZ_DIR)

@@ -2,7 +2,7 @@
 ** libFuzzer harness for osvi_decode_response (src/decode.c).
 **
 ** Input format (see corpus/decode/README):
-**   byte 0   HTTP status: status_table[byte0 % 20] (200 half of the time)
+**   byte 0   HTTP status: status_table[byte0 % 32] (200 half of the time)
 **   byte 1   Retry-After: -1 (absent) when < 0x80, else (byte1 - 0x80) * 30 s
 **   rest     the response body, passed as is (not NUL-terminated)
 **
@@ -31,9 +31,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 #define GC_EVERY 256     /* full collection every N inputs */
 #define MAX_WALK_DEPTH 80 /* normalise() refuses more than 64 levels */
 
-static const long status_table[20] = {
-    200, 200, 200, 200, 200, 200, 200, 200, 200, 200, /* 0..9 */
-    401, 404, 422, 429, 500, 502, 302, 418, 403, 204  /* 10..19 */
+static const long status_table[32] = {
+    200, 200, 200, 200, 200, 200, 200, 200, /* 0..15: half the inputs */
+    200, 200, 200, 200, 200, 200, 200, 200,
+    401, 404, 422, 429, 500, 502, 302, 418, /* 16..23 */
+    403, 204, 301, 400, 408, 503, 504, 100  /* 24..31 */
 };
 
 static lua_State *L;
@@ -298,8 +300,9 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  int is_page;
   if (size < 2) return 0;
-  cur.status = status_table[data[0] % 20];
+  cur.status = status_table[data[0] % 32];
   cur.retry_after = data[1] < 0x80 ? -1 : (long)(data[1] - 0x80) * 30;
   cur.body = (const char *)data + 2;
   cur.len = size - 2;
@@ -310,12 +313,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const char *msg = luaL_tolstring(L, -1, NULL);
     FAIL("a Lua error escaped osvi_decode_response: %s", msg);
   }
-  if (lua_tointeger(L, 2) == 1)
+  is_page = lua_tointeger(L, 2) == 1;
+  if (is_page)
     check_page(1);
   else
     check_error(1);
   if (verbose) { /* OSVI_FUZZ_VERBOSE=1: say what each input gave */
-    if (lua_tointeger(L, 2) == 1) {
+    if (is_page) {
       lua_getfield(L, 1, "data");
       fprintf(stderr, "HTTP %ld: a page of %u calls\n", cur.status,
               (unsigned)lua_rawlen(L, -1));

@@ -39,6 +39,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static lua_State *L;
 static unsigned long runs;
+static int verbose;
 
 /* ------------------------------------------------------------------------
 ** Vocabulary
@@ -81,7 +82,8 @@ static const lstr dict[] = {
     LS("2026-06-01T10:20:30+0530"), LS("2026-06-01 10:20:30Z"), LS("1"),
     LS("100"), LS("101"), LS("0"), LS("000000000000000001"),
     LS("999999999999999999"), LS("9223372036854775807"), LS("-1"),
-    LS("1.5"), LS("0x10"), LS(" 1"), LS("1e3")};
+    LS("1.5"), LS("0x10"), LS(" 1"), LS("1e3"), LS("2026-06-01T10:20:30"),
+    LS("2026-06-01T10:20:30.5z"), LS("2026-02-30"), LS("2026-06-01T10:20:30+05:60")};
 #define NDICT (sizeof(dict) / sizeof(dict[0]))
 
 static const lua_Integer int_edges[] = {
@@ -208,7 +210,7 @@ static void push_key(reader *r) {
 ** --------------------------------------------------------------------- */
 
 static struct {
-  int mode, have_table, nonstring_key;
+  int mode, have_table, nonstring_key, nul_key;
   size_t size;
 } cur;
 
@@ -230,6 +232,36 @@ static int query_cb(lua_State *LL) {
   if (lua_gettop(LL) != 2)
     FAIL("stack effect is %+d, expected +1", lua_gettop(LL) - 1);
   return 1;
+}
+
+/* Runs under lua_pcall with the base query as argument 1: returns the full
+** query (osvi_query_push_full with the page and per_page just checked). */
+static int full_cb(lua_State *LL) {
+  osvi_query_push_full(LL, lua_tostring(LL, 1), out.page, out.per_page);
+  if (lua_gettop(LL) != 2)
+    FAIL("push_full: stack effect is %+d, expected +1", lua_gettop(LL) - 1);
+  return 1;
+}
+
+/* The full query at idx is base, then &page=P and &per_page=N when set. */
+static void check_full(int base, int full) {
+  char tail[64];
+  size_t blen, flen, tlen;
+  const char *b = lua_tolstring(L, base, &blen), *f;
+  int n = 0;
+  if (lua_type(L, full) != LUA_TSTRING) FAIL("the full query is not a string");
+  f = lua_tolstring(L, full, &flen);
+  tail[0] = '\0';
+  if (out.page > 0)
+    n += snprintf(tail + n, sizeof tail - (size_t)n, "%spage=%lld",
+                  blen > 0 ? "&" : "", (long long)out.page);
+  if (out.per_page > 0)
+    n += snprintf(tail + n, sizeof tail - (size_t)n, "%sper_page=%lld",
+                  blen > 0 || out.page > 0 ? "&" : "", (long long)out.per_page);
+  tlen = strlen(tail);
+  if (flen != blen + tlen || memcmp(f, b, blen) != 0 || memcmp(f + blen, tail, tlen) != 0)
+    FAIL("full query '%s' for base '%s', page %lld, per_page %lld", f, b,
+         (long long)out.page, (long long)out.per_page);
 }
 
 static int ishex(int c) {
@@ -342,7 +374,7 @@ static void check_error(int ft, int e) {
     case LUA_TSTRING:
       if (!cur.have_table) FAIL("error.key '%s' without a filter table", lua_tostring(L, -1));
       lua_pushvalue(L, -1);
-      if (lua_rawget(L, ft) == LUA_TNIL)
+      if (lua_rawget(L, ft) == LUA_TNIL && !(cur.nul_key && allowed("key-nul")))
         FAIL("error.key '%s' is not a key of the filters", lua_tostring(L, -2));
       lua_pop(L, 1);
       break;
@@ -374,6 +406,7 @@ static int init_cb(lua_State *LL) {
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
   (void)argc;
   (void)argv;
+  verbose = getenv("OSVI_FUZZ_VERBOSE") != NULL;
   L = luaL_newstate();
   if (L == NULL) abort();
   luaL_openlibs(L);
@@ -415,7 +448,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (cur.have_table) { /* any key that is not a string in the table? */
     lua_pushnil(L);
     while (lua_next(L, ft)) {
-      if (lua_type(L, -2) != LUA_TSTRING) cur.nonstring_key = 1;
+      if (lua_type(L, -2) != LUA_TSTRING) {
+        cur.nonstring_key = 1;
+      } else {
+        size_t len;
+        const char *k = lua_tolstring(L, -2, &len); /* a string: no conversion */
+        if (memchr(k, '\0', len) != NULL) cur.nul_key = 1;
+      }
       lua_pop(L, 1);
     }
   }
@@ -436,9 +475,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       if (lua_pcall(L, 1, 1, 0) != LUA_OK) FAIL("second check raised");
       q2 = lua_tolstring(L, -1, &l2);
       if (l1 != l2 || memcmp(q1, q2, l1) != 0) FAIL("not deterministic");
+      lua_settop(L, 2);
     }
+    lua_pushcfunction(L, full_cb);
+    lua_pushvalue(L, 2);
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK) FAIL("osvi_query_push_full raised");
+    check_full(2, 3);
+    if (verbose) fprintf(stderr, "query: '%s'\n", lua_tostring(L, 2));
   } else if (status == LUA_ERRRUN) {
     check_error(ft, 2);
+    if (verbose) {
+      lua_getfield(L, 2, "message");
+      fprintf(stderr, "usage error: %s\n", lua_tostring(L, -1));
+    }
   } else {
     FAIL("lua_pcall returned %d", status);
   }
