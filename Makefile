@@ -24,7 +24,7 @@ OBJ = $(SRC:.c=.o)
 
 # Debian packages, by purpose
 PKGS_BUILD = gcc make pkg-config lua5.4 liblua5.4-dev libcurl4-openssl-dev lua-cjson
-PKGS_TEST  = $(PKGS_BUILD) lua-socket lua-busted
+PKGS_TEST  = $(PKGS_BUILD) lua-socket lua-busted openssl procps binutils
 PKGS_DEMO  = $(PKGS_BUILD) lua-socket
 
 PORT ?= 0
