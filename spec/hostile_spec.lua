@@ -328,7 +328,8 @@ describe("hostile servers", function()
       local function settle() collectgarbage() collectgarbage() end
     ]]
     local function run(body)
-      local code = "local PID = io.open('/proc/self/stat'):read('n')\n" .. prelude .. body
+      local code = "local PID do local f = io.open('/proc/self/stat') PID = f:read('n') f:close() end\n"
+        .. prelude .. body
       code = code:gsub("%.%.%.", "'" .. server.url .. "', '" .. H.TOKEN .. "'", 1)
       local ok, out = H.run_lua(code)
       assert.is_true(ok, out)
