@@ -18,8 +18,8 @@ ALL_CFLAGS = -std=c99 -D_POSIX_C_SOURCE=200809L -fPIC $(WARN) $(CFLAGS) \
 LIBFLAG ?= -shared
 LIBS    = $(CURL_LIBS) -lpthread -lm
 
-SRC = src/osvi.c src/client.c src/cursor.c src/query.c src/http.c \
-      src/decode.c src/error.c src/time.c
+SRC = src/osvi.c src/client.c src/cursor.c src/prefetch.c src/query.c \
+      src/http.c src/decode.c src/error.c src/time.c
 OBJ = $(SRC:.c=.o)
 
 # Debian packages, by purpose

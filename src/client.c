@@ -14,15 +14,6 @@
 #define MAX_RETRY_AFTER 120 /* seconds: longer waits are returned, not slept */
 #define MAX_BACKOFF 60.0    /* seconds */
 
-struct osvi_client {
-  osvi_http http;
-  char *base_url; /* malloc'd, without a trailing '/' */
-  int max_retries;
-  double retry_base;
-  uint64_t rng; /* xorshift state for backoff jitter */
-  int closed;
-};
-
 static const char default_key = 'c'; /* registry[&default_key] = client */
 
 /* ------------------------------------------------------------------------
@@ -32,7 +23,8 @@ static const char default_key = 'c'; /* registry[&default_key] = client */
 static const char *const option_names[] = {
     "token",      "base_url",          "timeout",  "connect_timeout",
     "max_retries", "retry_base",       "max_response_bytes", "user_agent",
-    "ca_file",    "proxy",             "stall_timeout",      NULL};
+    "ca_file",    "proxy",             "stall_timeout",      "prefetch",
+    NULL};
 
 static void reject_unknown_options(lua_State *L, int idx) {
   lua_pushnil(L);
@@ -180,7 +172,7 @@ static int client_new(lua_State *L) {
 
   /* Created closed, with its metatable, before anything is acquired: an
   ** error from here on leaves a consistent object for __gc. */
-  c = lua_newuserdatauv(L, sizeof *c, 0);
+  c = lua_newuserdatauv(L, sizeof *c, 1); /* uservalue: the prefetch pool */
   memset(c, 0, sizeof *c);
   c->closed = 1;
   luaL_setmetatable(L, OSVI_CLIENT_MT);
@@ -197,6 +189,8 @@ static int client_new(lua_State *L) {
       (long)(opt_number(L, opts, "connect_timeout", 10, 0.001, 86400) * 1000);
   o.stall_s = (long)ceil(opt_number(L, opts, "stall_timeout", 15, 1, 86400));
   c->max_retries = (int)opt_integer(L, opts, "max_retries", 2, 0, 10);
+  c->prefetch = (int)opt_integer(L, opts, "prefetch", OSVI_DEFAULT_PREFETCH, 0,
+                                 OSVI_MAX_PREFETCH);
   c->retry_base = opt_number(L, opts, "retry_base", 0.5, 0, 60);
   o.max_bytes = (size_t)opt_integer(L, opts, "max_response_bytes",
                                     32 * 1024 * 1024, 1024,
@@ -235,6 +229,25 @@ osvi_client *osvi_client_check(lua_State *L, int idx) {
   if (c->closed)
     osvi_usage_error(L, NULL, "the client is closed");
   return c;
+}
+
+osvi_pool *osvi_client_pool(lua_State *L, int cidx) {
+  osvi_pool *p;
+  cidx = lua_absindex(L, cidx);
+  osvi_client_check(L, cidx);
+  if (lua_getiuservalue(L, cidx, 1) == LUA_TUSERDATA) {
+    p = lua_touserdata(L, -1);
+    if (!osvi_pool_busy(p)) return p;
+  }
+  lua_pop(L, 1);
+  /* none yet, or held by another cursor: this one gets its own */
+  p = osvi_pool_new(L, cidx, osvi_client_check(L, cidx)->prefetch);
+  if (lua_getiuservalue(L, cidx, 1) != LUA_TUSERDATA) {
+    lua_pushvalue(L, -2);
+    lua_setiuservalue(L, cidx, 1); /* kept for the next cursor */
+  }
+  lua_pop(L, 1);
+  return p;
 }
 
 static int client_tostring(lua_State *L) {
@@ -298,20 +311,38 @@ static int retryable_curl(CURLcode rc) {
   }
 }
 
+int osvi_client_retry(osvi_client *c, const osvi_http *h, CURLcode rc,
+                      long status, int attempt, double *delay) {
+  int retry = rc == CURLE_OK ? retryable_status(status)
+                             : retryable_curl(rc) && !h->too_large;
+  /* requests actually sent, counting libcurl's own re-sends, are bounded
+  ** by the budget */
+  if (!retry || attempt > c->max_retries || h->sent >= h->budget)
+    return 0;
+  if (h->retry_after > MAX_RETRY_AFTER) return 0; /* returned, not slept */
+  if (h->retry_after >= 0) {
+    *delay = (double)h->retry_after;
+  } else {
+    double d = c->retry_base * pow(2.0, attempt - 1);
+    if (d > MAX_BACKOFF) d = MAX_BACKOFF;
+    *delay = d / 2 + d / 2 * jitter01(c);
+  }
+  return 1;
+}
+
 /* Pushes the error object for a transfer that did not complete. */
-static void push_curl_error(lua_State *L, osvi_client *c, CURLcode rc,
+static void push_curl_error(lua_State *L, const osvi_http *h, CURLcode rc,
                             long status) {
-  const char *detail = c->http.errbuf[0] ? c->http.errbuf
-                                         : curl_easy_strerror(rc);
-  if (c->http.too_large || rc == CURLE_FILESIZE_EXCEEDED) {
+  const char *detail = h->errbuf[0] ? h->errbuf : curl_easy_strerror(rc);
+  if (h->too_large || rc == CURLE_FILESIZE_EXCEEDED) {
     osvi_error_push(L, OSVI_E_TOO_LARGE, status,
                     "the response is larger than max_response_bytes (%I)",
-                    (LUAI_UACINT)c->http.max_bytes);
-  } else if (c->http.over_budget) {
+                    (LUAI_UACINT)h->max_bytes);
+  } else if (h->over_budget) {
     osvi_error_push(L, OSVI_E_NETWORK, status,
                     "the connection closed before an answer, and the "
                     "retries are spent (1 + max_retries requests sent)");
-  } else if (c->http.out_of_memory) {
+  } else if (h->out_of_memory) {
     osvi_error_push(L, OSVI_E_NETWORK, status,
                     "not enough memory for the response");
   } else if (rc == CURLE_OPERATION_TIMEDOUT) {
@@ -323,49 +354,40 @@ static void push_curl_error(lua_State *L, osvi_client *c, CURLcode rc,
   osvi_error_set(L, "curl_code");
 }
 
+int osvi_client_result(lua_State *L, const osvi_http *h, CURLcode rc,
+                       long status, int attempt) {
+  if (rc == CURLE_OK &&
+      osvi_decode_response(L, status, h->body ? h->body : "", h->len,
+                           h->retry_after))
+    return 1;
+  if (rc != CURLE_OK) push_curl_error(L, h, rc, status);
+  lua_pushinteger(L, h->sent > attempt ? h->sent : attempt);
+  osvi_error_set(L, "attempts");
+  return 0;
+}
+
+void osvi_client_url(lua_State *L, osvi_client *c, const char *query) {
+  lua_pushfstring(L, "%s/v1/calls%s%s", c->base_url, *query ? "?" : "",
+                  query);
+}
+
 int osvi_client_fetch(lua_State *L, osvi_client *c, const char *query) {
-  int attempt, top = lua_gettop(L);
-  const char *url = lua_pushfstring(L, "%s/v1/calls%s%s", c->base_url,
-                                    *query ? "?" : "", query);
+  int attempt;
+  const char *url;
+  osvi_client_url(L, c, query);
+  url = lua_tostring(L, -1);
   osvi_http_budget(&c->http, 1 + c->max_retries);
   for (attempt = 1;; attempt++) {
     long status;
     double delay;
     CURLcode rc = osvi_http_get(&c->http, url, &status);
-    int retry;
-    if (rc == CURLE_OK) {
-      if (osvi_decode_response(L, status, c->http.body ? c->http.body : "",
-                               c->http.len, c->http.retry_after)) {
-        lua_replace(L, top + 1);
-        lua_settop(L, top + 1);
-        return 1;
-      }
-      retry = retryable_status(status);
-    } else {
-      push_curl_error(L, c, rc, status);
-      retry = retryable_curl(rc) && !c->http.too_large;
+    if (osvi_client_retry(c, &c->http, rc, status, attempt, &delay)) {
+      sleep_seconds(delay);
+      continue;
     }
-    /* an error object is at the top; requests actually sent, counting
-    ** libcurl's own re-sends, are bounded by the budget */
-    lua_pushinteger(L, c->http.sent > attempt ? c->http.sent : attempt);
-    osvi_error_set(L, "attempts");
-    if (!retry || attempt > c->max_retries ||
-        c->http.sent >= c->http.budget)
-      break;
-    if (c->http.retry_after > MAX_RETRY_AFTER) break; /* returned, not slept */
-    lua_pop(L, 1);
-    if (c->http.retry_after >= 0) {
-      delay = (double)c->http.retry_after;
-    } else {
-      delay = c->retry_base * pow(2.0, attempt - 1);
-      if (delay > MAX_BACKOFF) delay = MAX_BACKOFF;
-      delay = delay / 2 + delay / 2 * jitter01(c);
-    }
-    sleep_seconds(delay);
+    lua_remove(L, -1); /* the url */
+    return osvi_client_result(L, &c->http, rc, status, attempt);
   }
-  lua_replace(L, top + 1);
-  lua_settop(L, top + 1);
-  return 0;
 }
 
 /* ------------------------------------------------------------------------

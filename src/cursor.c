@@ -10,12 +10,14 @@
 **   4 the last page's meta
 **   5 set of the call_ids of the previous page, to drop a call that moved
 **     across the page boundary because new calls arrived at the top
+**   6 the prefetch pool, while pages are on their way (prefetch > 0)
 */
 #include <string.h>
 
 #include "osvi.h"
 
-enum { UV_CLIENT = 1, UV_QUERY, UV_DATA, UV_META, UV_SEEN, UV_COUNT = UV_SEEN };
+enum { UV_CLIENT = 1, UV_QUERY, UV_DATA, UV_META, UV_SEEN, UV_POOL,
+       UV_COUNT = UV_POOL };
 
 typedef struct osvi_cursor {
   lua_Integer page;      /* the page to fetch next */
@@ -25,6 +27,7 @@ typedef struct osvi_cursor {
   lua_Integer count;     /* calls in the current data */
   lua_Integer fetched;   /* pages fetched */
   lua_Integer max_pages; /* bound on fetched, set from the first page */
+  lua_Integer total;     /* total_pages of the last page (0: none yet) */
   int last;              /* no page after the current one */
   int closed;
 } osvi_cursor;
@@ -37,11 +40,17 @@ static void set_uv(lua_State *L, int cur, int n) {
   lua_setiuservalue(L, cur, n);
 }
 
-/* Releases what the cursor holds but its meta. Safe twice. */
+/* Releases what the cursor holds but its meta, stopping the transfers in
+** flight. Safe twice. */
 static int cursor_close(lua_State *L) {
   osvi_cursor *k = check_cursor(L, 1);
   k->closed = 1;
   k->index = k->count = 0;
+  if (lua_getiuservalue(L, 1, UV_POOL) == LUA_TUSERDATA)
+    osvi_pool_release(lua_touserdata(L, -1));
+  lua_pop(L, 1);
+  lua_pushnil(L);
+  set_uv(L, 1, UV_POOL);
   lua_pushnil(L);
   set_uv(L, 1, UV_CLIENT);
   lua_pushnil(L);
@@ -114,8 +123,28 @@ static void load_page(lua_State *L, int cur, osvi_cursor *k) {
   lua_getiuservalue(L, cur, UV_CLIENT);
   c = osvi_client_check(L, -1);
   lua_getiuservalue(L, cur, UV_QUERY);
-  osvi_query_push_full(L, lua_tostring(L, -1), k->page, k->per_page);
-  if (!osvi_client_fetch(L, c, lua_tostring(L, -1))) lua_error(L);
+  if (c->prefetch > 0) {
+    osvi_pool *pool;
+    lua_Integer last = k->total;
+    if (k->remaining >= 0) { /* no page beyond what the limit needs */
+      lua_Integer need = k->page + (k->remaining + k->per_page - 1) /
+                                       k->per_page - 1;
+      if (need < last) last = need;
+    }
+    if (lua_getiuservalue(L, cur, UV_POOL) != LUA_TUSERDATA) {
+      lua_pop(L, 1);
+      osvi_client_pool(L, cur + 1);
+      lua_pushvalue(L, -1);
+      set_uv(L, cur, UV_POOL);
+    }
+    pool = lua_touserdata(L, -1);
+    if (!osvi_pool_fetch(L, pool, lua_tostring(L, cur + 2), k->page,
+                         k->per_page, last))
+      lua_error(L);
+  } else {
+    osvi_query_push_full(L, lua_tostring(L, -1), k->page, k->per_page);
+    if (!osvi_client_fetch(L, c, lua_tostring(L, -1))) lua_error(L);
+  }
   page = lua_gettop(L);
   lua_getfield(L, page, "data");
   data = page + 1;
@@ -145,6 +174,7 @@ static void load_page(lua_State *L, int cur, osvi_cursor *k) {
   }
   n = (lua_Integer)lua_rawlen(L, data);
   k->last = n == 0 || current >= total;
+  k->total = total;
   n = drop_repeats(L, cur, data, n);
   set_uv(L, cur, UV_SEEN);
   if (k->remaining >= 0) {

@@ -116,6 +116,8 @@ void osvi_http_budget(osvi_http *h, int n) {
       return "libcurl refused option " #opt;                 \
   } while (0)
 
+static const char *bind_callbacks(osvi_http *h);
+
 const char *osvi_http_init(osvi_http *h, const osvi_http_options *o) {
   char line[64];
   h->easy = curl_easy_init();
@@ -158,11 +160,17 @@ const char *osvi_http_init(osvi_http *h, const osvi_http_options *o) {
   if (o->ca_file != NULL) SETOPT(h, CURLOPT_CAINFO, o->ca_file);
   if (o->proxy != NULL) SETOPT(h, CURLOPT_PROXY, o->proxy);
   SETOPT(h, CURLOPT_ACCEPT_ENCODING, ""); /* whatever libcurl can decode */
+  return bind_callbacks(h);
+}
+
+/* Points the callbacks of h's handle at h itself. */
+static const char *bind_callbacks(osvi_http *h) {
   SETOPT(h, CURLOPT_WRITEFUNCTION, on_body);
   SETOPT(h, CURLOPT_WRITEDATA, h);
   SETOPT(h, CURLOPT_HEADERFUNCTION, on_header);
   SETOPT(h, CURLOPT_HEADERDATA, h);
   SETOPT(h, CURLOPT_ERRORBUFFER, h->errbuf);
+  SETOPT(h, CURLOPT_PRIVATE, (void *)h);
 #if LIBCURL_VERSION_NUM >= 0x075000
   SETOPT(h, CURLOPT_PREREQFUNCTION, on_prereq);
   SETOPT(h, CURLOPT_PREREQDATA, h);
@@ -171,16 +179,28 @@ const char *osvi_http_init(osvi_http *h, const osvi_http_options *o) {
   return NULL;
 }
 
-CURLcode osvi_http_get(osvi_http *h, const char *url, long *status) {
-  CURLcode rc;
+const char *osvi_http_dup(osvi_http *h, const osvi_http *from) {
+  h->easy = curl_easy_duphandle(from->easy);
+  if (h->easy == NULL) return "libcurl could not copy a handle";
+  h->headers = NULL; /* shared with `from`, which frees it */
+  h->max_bytes = from->max_bytes;
+  h->retry_after = -1;
+  return bind_callbacks(h);
+}
+
+CURLcode osvi_http_prepare(osvi_http *h, const char *url) {
   h->len = 0;
   h->too_large = 0;
   h->out_of_memory = 0;
   h->retry_after = -1;
   h->over_budget = 0;
   h->errbuf[0] = '\0';
+  return url == NULL ? CURLE_OK : curl_easy_setopt(h->easy, CURLOPT_URL, url);
+}
+
+CURLcode osvi_http_get(osvi_http *h, const char *url, long *status) {
+  CURLcode rc = osvi_http_prepare(h, url);
   *status = 0;
-  rc = curl_easy_setopt(h->easy, CURLOPT_URL, url);
   if (rc != CURLE_OK) return rc;
   rc = curl_easy_perform(h->easy);
   curl_easy_getinfo(h->easy, CURLINFO_RESPONSE_CODE, status);

@@ -23,6 +23,7 @@ LUALIB_API int luaopen_osvi(lua_State *L) {
   osvi_error_open(L);
   osvi_decode_open(L);
   osvi_cursor_open(L);
+  osvi_pool_open(L);
   lua_newtable(L); /* the module */
   osvi_client_open(L);
   osvi_query_open(L);

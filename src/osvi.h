@@ -140,6 +140,12 @@ typedef struct osvi_http_options {
 /* Creates the easy handle. Returns NULL, or a static message on failure
 ** (the struct is then still safe to pass to osvi_http_free). */
 const char *osvi_http_init(osvi_http *h, const osvi_http_options *o);
+/* Makes h a copy of the configured `from` (which must outlive it: the
+** header list is shared). Returns NULL or a static message. */
+const char *osvi_http_dup(osvi_http *h, const osvi_http *from);
+/* Prepares h for a transfer (clears the last result; url NULL keeps the
+** last URL); curl_easy_perform or the multi interface then runs it. */
+CURLcode osvi_http_prepare(osvi_http *h, const char *url);
 /* Allows `n` requests to be sent from now on, counting each one libcurl
 ** sends, including its silent re-send on a reused connection found dead. */
 void osvi_http_budget(osvi_http *h, int n);
@@ -163,7 +169,18 @@ int osvi_decode_open(lua_State *L);
 ** Client (client.c) and cursor (cursor.c)
 ** --------------------------------------------------------------------- */
 
-typedef struct osvi_client osvi_client;
+#define OSVI_MAX_PREFETCH 16
+#define OSVI_DEFAULT_PREFETCH 0
+
+typedef struct osvi_client {
+  osvi_http http;   /* the sequential handle: page() and prefetch = 0 */
+  char *base_url;   /* malloc'd, without a trailing '/' */
+  int max_retries;
+  int prefetch;     /* pages requested ahead while iterating */
+  double retry_base;
+  uint64_t rng;     /* xorshift state for backoff jitter */
+  int closed;
+} osvi_client;
 
 osvi_client *osvi_client_check(lua_State *L, int idx);
 /* Pushes the default client, creating it from the environment on first
@@ -172,7 +189,39 @@ void osvi_client_push_default(lua_State *L);
 /* Fetches one page with retries. Pushes the page (returns 1) or an error
 ** object (returns 0): [-0, +1]. */
 int osvi_client_fetch(lua_State *L, osvi_client *c, const char *query);
+/* Pushes the URL for a query: [-0, +1]. */
+void osvi_client_url(lua_State *L, osvi_client *c, const char *query);
+/* After attempt `attempt` of a page ended with (rc, status) on h: returns 1
+** and sets *delay (seconds) when another attempt should be made. */
+int osvi_client_retry(osvi_client *c, const osvi_http *h, CURLcode rc,
+                      long status, int attempt, double *delay);
+/* Pushes the page, or the error object (with `attempts`), for the final
+** attempt on h: [-0, +1]. Returns 1 for a page. */
+int osvi_client_result(lua_State *L, const osvi_http *h, CURLcode rc,
+                       long status, int attempt);
+/* Pushes the client's prefetch pool (creating it, or a private one when
+** the client's is in use) and marks it in use: [-0, +1]. */
+struct osvi_pool *osvi_client_pool(lua_State *L, int cidx);
 int osvi_client_open(lua_State *L);
+
+/* ------------------------------------------------------------------------
+** Prefetching (prefetch.c): the next pages requested while the caller
+** works through the current one, with libcurl's multi interface.
+** --------------------------------------------------------------------- */
+
+typedef struct osvi_pool osvi_pool;
+
+/* Pushes a new pool of n transfers for the client at cidx: [-0, +1]. */
+osvi_pool *osvi_pool_new(lua_State *L, int cidx, int n);
+/* Stops every transfer in flight and frees the pool for the next user. */
+void osvi_pool_release(osvi_pool *p);
+int osvi_pool_busy(const osvi_pool *p);
+/* Pushes page `page` (returns 1) or its error object (returns 0), having
+** asked for pages up to `last` (0: only this one) to be on their way:
+** [-0, +1]. `query` is the frozen query without page and per_page. */
+int osvi_pool_fetch(lua_State *L, osvi_pool *p, const char *query,
+                    lua_Integer page, lua_Integer per_page, lua_Integer last);
+int osvi_pool_open(lua_State *L);
 
 /* client:calls(filters) with the client at `cidx`, filters at `fidx`:
 ** returns cursor, nil, nil, cursor. */
