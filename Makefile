@@ -76,7 +76,7 @@ SAN_FLAGS = -fsanitize=address,undefined -fno-sanitize-recover=undefined \
             -fno-omit-frame-pointer
 ASAN_DIR  = build/check-asan
 ASAN_OBJ  = $(patsubst src/%.c,$(ASAN_DIR)/%.o,$(SRC))
-PKGS_CHECK = $(PKGS_TEST) valgrind
+PKGS_CHECK = $(PKGS_TEST) valgrind clang-14 libclang-rt-14-dev
 
 .PHONY: check check-asan check-valgrind deps-check
 deps-check:
@@ -108,7 +108,12 @@ check-valgrind: deps-check
 	$(MAKE) all
 	OSVI_SPEC_SLACK=10 OSVI_SPEC_WRAPPER="$(VALGRIND)" sh spec/run.sh
 
+# thread (TSan) and out-of-memory (ASan) harnesses; libFuzzer
+include spec/c/check.mk
+include spec/fuzz/fuzz.mk
+
 check: check-asan check-valgrind
+	$(MAKE) check-c check-c-selftest
 
 clean:
 	rm -f $(OBJ) osvi.so

@@ -28,6 +28,7 @@ typedef struct osvi_cursor {
   lua_Integer fetched;   /* pages fetched */
   lua_Integer max_pages; /* bound on fetched, set from the first page */
   lua_Integer total;     /* total_pages of the last page (0: none yet) */
+  osvi_pool *pool;       /* = uservalue UV_POOL while it is set */
   int last;              /* no page after the current one */
   int closed;
 } osvi_cursor;
@@ -51,6 +52,7 @@ static int cursor_close(lua_State *L) {
   lua_pop(L, 1);
   lua_pushnil(L);
   set_uv(L, 1, UV_POOL);
+  k->pool = NULL;
   lua_pushnil(L);
   set_uv(L, 1, UV_CLIENT);
   lua_pushnil(L);
@@ -110,6 +112,18 @@ static void truncate_data(lua_State *L, int data, lua_Integer n,
   }
 }
 
+/* The last page worth asking for ahead: within total_pages as last seen
+** (none before the first page), and within what the limit still needs. */
+static lua_Integer last_wanted(const osvi_cursor *k) {
+  lua_Integer last = k->total;
+  if (k->remaining >= 0) {
+    lua_Integer need = k->page + (k->remaining + k->per_page - 1) /
+                                     k->per_page - 1;
+    if (need < last) last = need;
+  }
+  return last;
+}
+
 /*
 ** Fetches the next page; raises the error object on failure (the cursor
 ** stays as it was, so the same page can be asked for again). Pushes the
@@ -125,21 +139,15 @@ static void load_page(lua_State *L, int cur, osvi_cursor *k) {
   lua_getiuservalue(L, cur, UV_QUERY);
   if (c->prefetch > 0) {
     osvi_pool *pool;
-    lua_Integer last = k->total;
-    if (k->remaining >= 0) { /* no page beyond what the limit needs */
-      lua_Integer need = k->page + (k->remaining + k->per_page - 1) /
-                                       k->per_page - 1;
-      if (need < last) last = need;
-    }
     if (lua_getiuservalue(L, cur, UV_POOL) != LUA_TUSERDATA) {
       lua_pop(L, 1);
       osvi_client_pool(L, cur + 1);
       lua_pushvalue(L, -1);
       set_uv(L, cur, UV_POOL);
     }
-    pool = lua_touserdata(L, -1);
+    pool = k->pool = lua_touserdata(L, -1);
     if (!osvi_pool_fetch(L, pool, lua_tostring(L, cur + 2), k->page,
-                         k->per_page, last))
+                         k->per_page, last_wanted(k)))
       lua_error(L);
   } else {
     osvi_query_push_full(L, lua_tostring(L, -1), k->page, k->per_page);
@@ -188,6 +196,13 @@ static void load_page(lua_State *L, int cur, osvi_cursor *k) {
   k->page++;
   k->index = 0;
   k->count = n;
+  /* now that total_pages is known: the next pages on their way */
+  if (!k->last) {
+    if (lua_getiuservalue(L, cur, UV_POOL) == LUA_TUSERDATA)
+      osvi_pool_fill(L, lua_touserdata(L, -1), lua_tostring(L, cur + 2),
+                     k->per_page, last_wanted(k));
+    lua_pop(L, 1);
+  }
   lua_pushvalue(L, meta);
   set_uv(L, cur, UV_META);
   lua_pushvalue(L, data);
@@ -206,6 +221,9 @@ static int cursor_call(lua_State *L) {
     if (k->index < k->count) {
       lua_getiuservalue(L, 1, UV_DATA);
       lua_rawgeti(L, -1, ++k->index);
+      /* now and then, move the prefetched transfers on (connects, sends,
+      ** receives) while the caller works */
+      if (k->pool != NULL && (k->index & 31) == 0) osvi_pool_pump(k->pool);
       return 1;
     }
     if (k->last) {

@@ -75,7 +75,9 @@ static int normalise(lua_State *L, int idx, int depth, int object) {
 static int json_decode(lua_State *L, const char *body, size_t len) {
   lua_rawgetp(L, LUA_REGISTRYINDEX, &decode_key);
   lua_pushlstring(L, body, len);
-  return lua_pcall(L, 1, 1, 0) == LUA_OK;
+  int status = lua_pcall(L, 1, 1, 0);
+  if (status == LUA_ERRMEM) lua_error(L); /* out of memory is not "not JSON" */
+  return status == LUA_OK;
 }
 
 static const char *reason(long status) {
@@ -300,8 +302,11 @@ int osvi_decode_response(lua_State *L, long status, const char *body,
 int osvi_decode_open(lua_State *L) {
   lua_getglobal(L, "require");
   lua_pushliteral(L, "cjson");
-  if (lua_pcall(L, 1, 1, 0) != LUA_OK)
-    return luaL_error(L, "osvi needs lua-cjson: %s", lua_tostring(L, -1));
+  switch (lua_pcall(L, 1, 1, 0)) {
+    case LUA_OK: break;
+    case LUA_ERRMEM: return lua_error(L);
+    default: return luaL_error(L, "osvi needs lua-cjson: %s", lua_tostring(L, -1));
+  }
   lua_getfield(L, -1, "new");
   if (!lua_isfunction(L, -1))
     return luaL_error(L, "osvi needs lua-cjson 2.1 or later (cjson.new)");

@@ -3,6 +3,8 @@
 ** are plain C (append to a capped buffer, read one header), so no Lua error
 ** can ever jump over curl's frames.
 */
+#define _GNU_SOURCE /* dladdr, RTLD_NODELETE */
+#include <dlfcn.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,12 +15,21 @@
 
 static pthread_once_t global_once = PTHREAD_ONCE_INIT;
 
+static const char anchor = 0; /* an address inside this module */
+
 static void global_init(void) {
+  Dl_info self;
   curl_global_init(CURL_GLOBAL_DEFAULT);
+  /* Keep this module loaded for the life of the process: lua_close would
+  ** otherwise unload it with the last state, and the next state to load it
+  ** would find a fresh once-flag and initialise libcurl again. */
+  if (dladdr(&anchor, &self) && self.dli_fname != NULL)
+    (void)dlopen(self.dli_fname, RTLD_NOW | RTLD_NODELETE | RTLD_NOLOAD);
 }
 
 /* curl_global_init exactly once per process, however many Lua states load
-** the module. It is never undone: another state may still use curl. */
+** the module, one after another or at the same time. It is never undone:
+** another state may still use curl. */
 void osvi_http_global_init(void) {
   pthread_once(&global_once, global_init);
 }

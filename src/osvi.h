@@ -221,6 +221,12 @@ int osvi_pool_busy(const osvi_pool *p);
 ** [-0, +1]. `query` is the frozen query without page and per_page. */
 int osvi_pool_fetch(lua_State *L, osvi_pool *p, const char *query,
                     lua_Integer page, lua_Integer per_page, lua_Integer last);
+/* Asks for the pages after the last one asked for, up to `last`, as far as
+** the pool allows: [-0, +0]. */
+void osvi_pool_fill(lua_State *L, osvi_pool *p, const char *query,
+                    lua_Integer per_page, lua_Integer last);
+/* Moves the transfers on without waiting (sends, receives, retries). */
+void osvi_pool_pump(osvi_pool *p);
 int osvi_pool_open(lua_State *L);
 
 /* client:calls(filters) with the client at `cidx`, filters at `fidx`:

@@ -194,6 +194,7 @@ static long restart_due(osvi_pool *p, long cap) {
 int osvi_pool_fetch(lua_State *L, osvi_pool *p, const char *query,
                     lua_Integer page, lua_Integer per_page, lua_Integer last) {
   slot *s;
+
   int ok;
   if (!p->busy) {
     p->busy = 1;
@@ -219,16 +220,27 @@ int osvi_pool_fetch(lua_State *L, osvi_pool *p, const char *query,
   ok = osvi_client_result(L, &s->http, s->rc, s->status, s->attempt);
   s->state = SLOT_IDLE;
   s->page = 0;
-  /* keep the next pages on their way while the caller works on this one */
   if (p->next <= page) p->next = page + 1;
-  while (p->next <= last && running(p) < p->allowed &&
-         request(L, p, query, p->next, per_page))
-    p->next++;
-  if (running(p) > 0) {
-    int still;
-    curl_multi_perform(p->multi, &still); /* send the requests now */
-  }
+  osvi_pool_fill(L, p, query, per_page, last);
   return ok;
+}
+
+void osvi_pool_fill(lua_State *L, osvi_pool *p, const char *query,
+                    lua_Integer per_page, lua_Integer last) {
+  int asked = 0;
+  while (p->next <= last && running(p) < p->allowed &&
+         request(L, p, query, p->next, per_page)) {
+    p->next++;
+    asked = 1;
+  }
+  if (asked) osvi_pool_pump(p); /* on their way now, not at the next fetch */
+}
+
+void osvi_pool_pump(osvi_pool *p) {
+  int still;
+  curl_multi_perform(p->multi, &still);
+  collect(p);
+  restart_due(p, 0);
 }
 
 int osvi_pool_open(lua_State *L) {

@@ -2,7 +2,7 @@
 ** spec/c/threads.c — osvi from many threads at once, each with its own
 ** lua_State, meant to be built and run under ThreadSanitizer (see check.mk).
 **
-**   threads URL [MODULE_DIR]
+**   threads URL [MODULE_DIR [ROUNDS]]
 **
 ** URL is the local stand-in server (spec/support/server.lua); MODULE_DIR
 ** (default ".") is where osvi.so is looked for first: package.cpath becomes
@@ -13,8 +13,10 @@
 **   - NTHREADS threads each make a lua_State (luaL_newstate + luaL_openlibs),
 **     all call require "osvi" at the same moment (a barrier), then each pages
 **     through every call ITERATIONS times with per_page = 10, one new client
-**     per iteration, and checks it got meta.total_count calls with no id
-**     twice; then lua_close.
+**     per iteration (prefetching 0, 1, 2... pages ahead with libcurl's
+**     multi interface), and checks it got meta.total_count calls with no id
+**     twice; each iteration also reads one page with client:page, meets a
+**     refused token (401) and a usage error; then lua_close.
 **   - The server saw exactly the requests the threads made (its
 **     /_control/stats, read with LuaSocket before and after).
 **   - curl_global_init ran exactly once in the process, however many states
@@ -23,9 +25,12 @@
 **     calls and forwards them to libcurl's through dlsym(RTLD_NEXT).
 **
 ** No state is closed before every thread has loaded the module (a second
-** barrier), so osvi.so stays loaded throughout: the count then tests osvi's
-** own once-only logic, not whether the dynamic loader unloaded the module in
-** between (which would reset any static state in it).
+** barrier), so osvi.so stays loaded throughout a round: the count then tests
+** osvi's own once-only logic under a real race. ROUNDS (default 1) repeats
+** the whole round, each after every state of the one before is closed; as
+** lua_close unloads C modules (dlclose), a module whose once-only state
+** lives in osvi.so is then loaded afresh, so ROUNDS > 1 also asks whether
+** "exactly once" survives the module being unloaded and loaded again.
 **
 ** Exits 0 only when every thread succeeded, the request count matches and
 ** curl_global_init was called once; prints a one-line summary either way.
@@ -48,6 +53,9 @@
 #define ITERATIONS 3
 #define PER_PAGE 10
 #define TOKEN "osvi-test-token1"
+
+#define STRINGIFY_(x) #x
+#define STRINGIFY(x) STRINGIFY_(x)
 
 /* ------------------------------------------------------------------------
 ** The curl_global_init interposer
@@ -98,7 +106,9 @@ static const char session[] =
     "local osvi, url, token, iterations, per_page = ...\n"
     "local calls, requests, total = 0, 0, nil\n"
     "for i = 1, iterations do\n"
-    "  local client <close> = osvi.new { token = token, base_url = url }\n"
+    /* iteration i prefetches i - 1 pages: 0 (none), 1, 2 */
+    "  local client <close> = osvi.new { token = token, base_url = url,\n"
+    "                                    prefetch = i - 1 }\n"
     "  local cur = client:calls { per_page = per_page }\n"
     "  local n, ids = 0, {}\n"
     "  for call in cur do\n"
@@ -120,6 +130,23 @@ static const char session[] =
     "  total = n\n"
     "  calls = calls + n\n"
     "  requests = requests + math.max(meta.total_pages, 1)\n"
+    /* one page, a refused token and a usage error: the other paths */
+    "  local page, err = client:page { page = 2, per_page = 7 }\n"
+    "  if not page then error(err, 0) end\n"
+    "  if #page.data ~= math.min(7, math.max(n - 7, 0)) then\n"
+    "    error('page 2 has ' .. #page.data .. ' calls')\n"
+    "  end\n"
+    "  local bad <close> = osvi.new { token = 'osvi-bad-token-0',\n"
+    "                                 base_url = url }\n"
+    "  local none, auth = bad:page()\n"
+    "  if none ~= nil or auth.kind ~= 'auth' then\n"
+    "    error('a refused token gave ' .. tostring(none or auth))\n"
+    "  end\n"
+    "  requests = requests + 2\n"
+    "  local ok, usage = pcall(client.calls, client, { stauts = 'picked' })\n"
+    "  if ok or usage.kind ~= 'usage' then\n"
+    "    error('no usage error: ' .. tostring(usage))\n"
+    "  end\n"
     "end\n"
     "return calls, requests, total\n";
 
@@ -146,8 +173,9 @@ static void fail(job *j, const char *what, lua_State *L) {
   j->ok = 0;
 }
 
-/* Sets package.cpath = prefix .. package.cpath and returns where osvi will
-** be found: [-0, +0] in a protected call. */
+/* lua_CFunction(prefix): sets package.cpath = prefix .. package.cpath and
+** returns package.searchpath("osvi", package.cpath), where require will find
+** the module (nil when it will not). */
 static int setup_path(lua_State *L) {
   const char *prefix = lua_tostring(L, 1);
   lua_getglobal(L, "package");
@@ -270,18 +298,67 @@ static int server_stats(const char *url, stats *s) {
 ** Main
 ** --------------------------------------------------------------------- */
 
-int main(int argc, char **argv) {
+/* One round: NTHREADS threads, each with its own state, all joined (and
+** every state closed) before it returns. Adds to the totals; returns the
+** number of threads that failed. */
+static int run_round(int round, const char *url, const char *prefix,
+                     lua_Integer expected_total, lua_Integer *calls,
+                     lua_Integer *requests, int *ok_threads,
+                     char *module_path, size_t module_path_size) {
   static job jobs[NTHREADS];
   pthread_t tids[NTHREADS];
-  char prefix[512];
+  int i, failed = 0;
+
+  pthread_barrier_init(&before_require, NULL, NTHREADS);
+  pthread_barrier_init(&after_require, NULL, NTHREADS);
+  for (i = 0; i < NTHREADS; i++) {
+    memset(&jobs[i], 0, sizeof jobs[i]);
+    jobs[i].id = i + 1;
+    jobs[i].url = url;
+    jobs[i].cpath_prefix = prefix;
+    if (pthread_create(&tids[i], NULL, thread_main, &jobs[i]) != 0) {
+      /* the barriers count NTHREADS: without every thread it would hang */
+      fprintf(stderr, "threads: pthread_create failed\n");
+      exit(1);
+    }
+  }
+  for (i = 0; i < NTHREADS; i++) pthread_join(tids[i], NULL);
+  pthread_barrier_destroy(&before_require);
+  pthread_barrier_destroy(&after_require);
+
+  for (i = 0; i < NTHREADS; i++) {
+    job *j = &jobs[i];
+    if (!j->ok) {
+      fprintf(stderr, "threads: round %d, thread %d failed: %s\n", round,
+              j->id, j->msg);
+      failed++;
+      continue;
+    }
+    if (j->total != expected_total) {
+      fprintf(stderr, "threads: round %d, thread %d saw %ld calls, the "
+              "server has %ld\n", round, j->id, (long)j->total,
+              (long)expected_total);
+      failed++;
+      continue;
+    }
+    (*ok_threads)++;
+    *calls += j->calls;
+    *requests += j->requests;
+  }
+  snprintf(module_path, module_path_size, "%s", jobs[0].module_path);
+  return failed;
+}
+
+int main(int argc, char **argv) {
+  char prefix[512], module_path[512];
   const char *url, *dir;
   stats before, after;
   lua_Integer calls = 0, requests = 0;
   long init_count;
-  int i, ok_threads = 0, started = 0, pass = 1;
+  int round, rounds = 1, ok_threads = 0, pass = 1;
 
-  if (argc < 2 || argc > 3) {
-    fprintf(stderr, "usage: %s URL [MODULE_DIR]\n", argv[0]);
+  if (argc < 2 || argc > 4 || (argc > 3 && (rounds = atoi(argv[3])) < 1)) {
+    fprintf(stderr, "usage: %s URL [MODULE_DIR [ROUNDS]]\n", argv[0]);
     return 2;
   }
   url = argv[1];
@@ -300,46 +377,16 @@ int main(int argc, char **argv) {
 
   if (server_stats(url, &before) != 0) return 1;
 
-  pthread_barrier_init(&before_require, NULL, NTHREADS);
-  pthread_barrier_init(&after_require, NULL, NTHREADS);
-  for (i = 0; i < NTHREADS; i++) {
-    jobs[i].id = i + 1;
-    jobs[i].url = url;
-    jobs[i].cpath_prefix = prefix;
-    if (pthread_create(&tids[i], NULL, thread_main, &jobs[i]) != 0) {
-      /* the barriers count NTHREADS: without every thread it would hang */
-      fprintf(stderr, "threads: pthread_create failed\n");
-      exit(1);
-    }
-    started++;
-  }
-  for (i = 0; i < started; i++) pthread_join(tids[i], NULL);
-  pthread_barrier_destroy(&before_require);
-  pthread_barrier_destroy(&after_require);
-
-  for (i = 0; i < NTHREADS; i++) {
-    job *j = &jobs[i];
-    if (j->ok) {
-      ok_threads++;
-      calls += j->calls;
-      requests += j->requests;
-      if (j->total != before.calls) {
-        fprintf(stderr, "threads: thread %d saw %ld calls, the server has %ld\n",
-                j->id, (long)j->total, (long)before.calls);
-        pass = 0;
-      }
-    } else {
-      fprintf(stderr, "threads: thread %d failed: %s\n", j->id, j->msg);
+  for (round = 1; round <= rounds; round++)
+    if (run_round(round, url, prefix, before.calls, &calls, &requests,
+                  &ok_threads, module_path, sizeof module_path) != 0)
       pass = 0;
-    }
-  }
-  fprintf(stderr, "threads: osvi loaded from %s\n", jobs[0].module_path);
+  fprintf(stderr, "threads: osvi loaded from %s\n", module_path);
 
   if (server_stats(url, &after) != 0) {
     pass = 0;
     after = before;
-  } else if (ok_threads == NTHREADS &&
-             after.requests - before.requests != requests) {
+  } else if (pass && after.requests - before.requests != requests) {
     fprintf(stderr, "threads: the server counted %ld requests, the threads "
             "made %ld\n", (long)(after.requests - before.requests),
             (long)requests);
@@ -353,11 +400,12 @@ int main(int argc, char **argv) {
     pass = 0;
   }
 
-  printf("threads: %d/%d threads ok, %d iterations each, %ld calls in %ld "
+  printf("threads: %d/%d threads ok%s, %d iterations each, %ld calls in %ld "
          "requests on %ld connections, curl_global_init called %ld time%s: "
          "%s\n",
-         ok_threads, NTHREADS, ITERATIONS, (long)calls,
-         (long)(after.requests - before.requests),
+         ok_threads, NTHREADS * rounds,
+         rounds > 1 ? " (in rounds of " STRINGIFY(NTHREADS) ")" : "",
+         ITERATIONS, (long)calls, (long)(after.requests - before.requests),
          (long)(after.connections - before.connections), init_count,
          init_count == 1 ? "" : "s", pass ? "PASS" : "FAIL");
   return pass ? 0 : 1;

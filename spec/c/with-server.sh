@@ -24,6 +24,7 @@ here=$(cd "$(dirname "$0")" && pwd) || exit 2
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/osvi-with-server.XXXXXX") || exit 2
 server_pid=
 
+# shellcheck disable=SC2317  # cleanup runs from the EXIT trap
 cleanup() {
   if [ -n "$server_pid" ]; then
     kill "$server_pid" 2>/dev/null
@@ -40,6 +41,7 @@ trap 'exit 129' HUP
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+: >"$tmp/stdout"
 "$LUA" "$here/../support/server.lua" --host 127.0.0.1 --port 0 \
   --calls "$calls" >"$tmp/stdout" 2>"$tmp/stderr" &
 server_pid=$!

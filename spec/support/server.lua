@@ -16,7 +16,7 @@ API (as described in shared/api/README.md):
                            paging with page (default 1) and per_page (default 25, capped at 100).
 
 Control API (no token):
-  GET  /_control/stats     {"requests","connections","open_connections","log":[...]}
+  GET  /_control/stats     {"requests","connections","open_connections","max_inflight","log":[...]}
   GET  /_control/calls     {"data":[every call, newest first]}
   POST /_control/reset     zero the counters, clear the log and the fault script, restore latency
   POST /_control/config    {"latency_ms": 20}: sleep that long before answering each API request
@@ -275,6 +275,8 @@ local CALL_JSON_FORMAT = '{"call_id":%s,"agent_uuid":%s,"agent_name":%s,"phone_n
   .. '"call_ended_reason":%s,"campaign_id":%s,"campaign_upload_id":%s,"tag":%s,'
   .. '"created_at":%s,"call_picked_at":%s}'
 
+-- The first 32 bits of the UUID are a generator output, and xorshift32 repeats no output
+-- within its period (2^32 - 1 draws), so the ids are unique without checking.
 local function uuid4(rng)
   local a, b, c, d = rng(), rng(), rng(), rng()
   return string.format("%08x-%04x-4%03x-%04x-%04x%08x",
@@ -299,17 +301,21 @@ local function ending(rng, status)
   return 0, nil, reasons[rng() % 3 + 1]
 end
 
--- Returns `calls` (the fields the filters look at, per call) and `json` (each call's text),
--- both indexed 1..n, newest first.
+-- Returns, for calls 1..n (newest first):
+-- `fields`: the fields the filters look at, one array per field (false for null), so the heap
+--   holds a few long arrays rather than a table per call for the collector to walk through;
+-- `text`: the JSON of all calls joined by commas, and `from`/`to`: where each call's JSON
+--   starts and ends in it. A page is cut out of `text`, so its calls are read from one place
+--   in memory (pages built from 100 strings spread over the heap took several times longer).
 local function generate(n, seed)
   local rng = new_rng(seed)
-  local calls, json, phones, seen = {}, {}, {}, {}
+  local fields = { status = {}, agent_uuid = {}, campaign_id = {}, campaign_upload_id = {},
+                   phone_number = {}, call_type = {}, picked_ms = {} }
+  local json, phones = {}, fields.phone_number
   local created = NEWEST
   for i = 1, n do
     if i > 1 then created = created - rand(rng, 1, 600) end
-    local id
-    repeat id = uuid4(rng) until not seen[id]
-    seen[id] = true
+    local id = uuid4(rng)
     local agent = pick(rng, AGENTS)
     local inbound = rng() % 100 < 20
     -- Calls still running exist only among the newest ten; the newest one always is one.
@@ -340,21 +346,26 @@ local function generate(n, seed)
       picked = created + rand(rng, 1, 12)
     end
     local call_type = inbound and "inbound" or "outbound"
-    calls[i] = {
-      status = status, agent_uuid = agent.uuid, campaign_id = campaign_id,
-      campaign_upload_id = upload_id, phone_number = phone, call_type = call_type,
-      picked_ms = picked and picked * 1000,
-    }
+    fields.status[i], fields.agent_uuid[i], fields.call_type[i] = status, agent.uuid, call_type
+    fields.campaign_id[i], fields.campaign_upload_id[i] = campaign_id or false, upload_id or false
+    fields.picked_ms[i] = picked and picked * 1000 or false
     json[i] = string.format(CALL_JSON_FORMAT,
       jstr(id), jstr(agent.uuid), jstr(agent.name), jstr(phone),
       jstr(inbound and phone or agent.from), jstr(status), jstr(call_type), duration,
       jstr(ended_by), jstr(reason), jint(campaign_id), jint(upload_id), tag or "null",
       jstr(format_ist(created)), jstr(picked and format_ist(picked)))
   end
-  return calls, json
+  local from, to, pos = {}, {}, 1
+  for i = 1, n do
+    from[i], to[i] = pos, pos + #json[i] - 1
+    pos = to[i] + 2 -- past the comma
+  end
+  return fields, table.concat(json, ","), from, to
 end
 
-local CALLS, CALL_JSON = generate(opts.calls, opts.seed)
+local CALL_COUNT = opts.calls
+local FIELDS, CALLS_TEXT, CALL_FROM, CALL_TO = generate(CALL_COUNT, opts.seed)
+collectgarbage("collect") -- drop the start-up garbage now rather than while serving
 
 ------------------------------------------------------------------------------
 -- Query parameters, validation and filtering
@@ -400,8 +411,11 @@ end
 
 local function identity(v) return v end
 
+local function equals(a, b) return a == b end
+
 -- One row per filter: how its text is parsed (nil = invalid), how the parsed value is written
--- in a cache key, and whether a call passes. The order is the order of the 422 messages.
+-- in a cache key, which field of a call it looks at and whether that field passes.
+-- The order is the order of the 422 messages.
 local FILTERS = {
   { name = "status", parse = parse_status_list,
     key = function(set)
@@ -409,23 +423,20 @@ local FILTERS = {
       for _, s in ipairs(STATUSES) do if set[s] then names[#names + 1] = s end end
       return table.concat(names, ",")
     end,
-    test = function(call, set) return set[call.status] end },
-  { name = "agent_uuid", parse = identity, key = identity,
-    test = function(call, v) return call.agent_uuid == v end },
-  { name = "campaign_id", parse = parse_integer, key = tostring,
-    test = function(call, v) return call.campaign_id == v end },
+    field = "status", test = function(status, set) return set[status] end },
+  { name = "agent_uuid", parse = identity, key = identity, field = "agent_uuid", test = equals },
+  { name = "campaign_id", parse = parse_integer, key = tostring, field = "campaign_id", test = equals },
   { name = "campaign_upload_id", parse = parse_integer, key = tostring,
-    test = function(call, v) return call.campaign_upload_id == v end },
+    field = "campaign_upload_id", test = equals },
   { name = "phone_number", parse = identity, key = identity,
-    test = function(call, v) return call.phone_number:find(v, 1, true) ~= nil end },
+    field = "phone_number", test = function(phone, v) return phone:find(v, 1, true) ~= nil end },
   { name = "call_type",
     parse = function(s) return (s == "inbound" or s == "outbound") and s or nil end,
-    key = identity,
-    test = function(call, v) return call.call_type == v end },
+    key = identity, field = "call_type", test = equals },
   { name = "start_date", parse = function(s) return parse_bound(s, false) end, key = tostring,
-    test = function(call, ms) return call.picked_ms ~= nil and call.picked_ms >= ms end },
+    field = "picked_ms", test = function(ms, bound) return ms and ms >= bound end },
   { name = "end_date", parse = function(s) return parse_bound(s, true) end, key = tostring,
-    test = function(call, ms) return call.picked_ms ~= nil and call.picked_ms <= ms end },
+    field = "picked_ms", test = function(ms, bound) return ms and ms <= bound end },
 }
 
 local MAX_PER_PAGE = 100
@@ -442,36 +453,20 @@ local function matching(active)
   local key = table.concat(parts, "&")
   local list = filter_cache[key]
   if list then return list end
+  local columns = {}
+  for j, f in ipairs(active) do columns[j] = FIELDS[f[1].field] end
   list = {}
   local n = 0
-  for i = 1, #CALLS do
-    local call, ok = CALLS[i], true
-    for _, f in ipairs(active) do
-      if not f[1].test(call, f[2]) then ok = false; break end
+  for i = 1, CALL_COUNT do
+    local ok = true
+    for j, f in ipairs(active) do
+      if not f[1].test(columns[j][i], f[2]) then ok = false; break end
     end
     if ok then n = n + 1; list[n] = i end
   end
   if filter_cache_size + n > FILTER_CACHE_LIMIT then filter_cache, filter_cache_size = {}, 0 end
   filter_cache[key], filter_cache_size = list, filter_cache_size + n
   return list
-end
-
-local scratch = {} -- reused by render_page to gather one page of call texts
-
-local function render_page(list, page, per_page)
-  local total = #list
-  local pages = (total + per_page - 1) // per_page
-  local n = 0
-  if page <= pages then -- also keeps (page - 1) * per_page from overflowing on absurd pages
-    local first = (page - 1) * per_page + 1
-    for k = first, math.min(first + per_page - 1, total) do
-      n = n + 1
-      scratch[n] = CALL_JSON[list[k]]
-    end
-  end
-  return string.format(
-    '{"success":true,"data":[%s],"meta":{"current_page":%d,"total_pages":%d,"total_count":%d,"per_page":%d}}',
-    table.concat(scratch, ",", 1, n), page, pages, total, per_page)
 end
 
 ------------------------------------------------------------------------------
@@ -496,27 +491,31 @@ local function reason(status)
   return REASONS[status] or (status < 400 and "OK" or "Error")
 end
 
--- The whole response as one string. `extra` is a list of { name, value }; a Content-Type or
--- Content-Length given there replaces the default one.
-local function build_response(status, body, keep, content_type, extra)
+-- Status line and headers, up to and including the blank line. `extra` is a list of
+-- { name, value }; a Content-Type or Content-Length given there replaces the default one.
+local function response_head(status, length, keep, content_type, extra)
   local given = {}
   for _, h in ipairs(extra or {}) do given[h[1]:lower()] = true end
   local lines = { "HTTP/1.1 " .. status .. " " .. reason(status) }
   if content_type and not given["content-type"] then lines[#lines + 1] = "Content-Type: " .. content_type end
-  if not given["content-length"] then lines[#lines + 1] = "Content-Length: " .. #body end
+  if not given["content-length"] then lines[#lines + 1] = "Content-Length: " .. length end
   for _, h in ipairs(extra or {}) do lines[#lines + 1] = h[1] .. ": " .. h[2] end
   lines[#lines + 1] = keep and "Connection: keep-alive" or "Connection: close"
-  lines[#lines + 1] = ""
-  lines[#lines + 1] = body
-  return table.concat(lines, "\r\n")
+  return table.concat(lines, "\r\n") .. "\r\n\r\n"
+end
+
+-- The whole response as one string.
+local function build_response(status, body, keep, content_type, extra)
+  return response_head(status, #body, keep, content_type, extra) .. body
 end
 
 ------------------------------------------------------------------------------
 -- The API itself
 ------------------------------------------------------------------------------
 
--- Status, body and extra headers of the normal answer to an API request.
-local function api_result(req)
+-- Checks an API request. Returns the status, body and extra headers of an error answer, or
+-- nil and what the page is made of: the matching call indices, the page and the page size.
+local function api_check(req)
   if req.path ~= "/v1/calls" then return 404, error_body({ "not found" }) end
   if req.method ~= "GET" then return 405, error_body({ "method not allowed" }), { { "Allow", "GET" } } end
   if req.headers["api-token"] ~= opts.token then
@@ -545,7 +544,44 @@ local function api_result(req)
   if params.agent_uuid and not AGENT_BY_UUID[params.agent_uuid] then
     return 404, error_body({ "agent not found" })
   end
-  return 200, render_page(matching(active), page, math.min(per_page, MAX_PER_PAGE))
+  return nil, matching(active), page, math.min(per_page, MAX_PER_PAGE)
+end
+
+local PAGE_START = '{"success":true,"data":['
+local runs = {} -- reused by page_body
+
+-- The two parts of a page's body after PAGE_START: the calls' JSON, and the meta that closes
+-- it. Callers join them in one `..` expression, which allocates the result once: on a cold
+-- page, fresh memory (page faults) costs more than anything else.
+local function page_body(list, page, per_page)
+  local total = #list
+  local pages = (total + per_page - 1) // per_page
+  local data = ""
+  if page <= pages then -- also keeps (page - 1) * per_page from overflowing on absurd pages
+    local first = (page - 1) * per_page + 1
+    local last = math.min(first + per_page - 1, total)
+    local n, k = 0, first
+    while k <= last do
+      -- a run of consecutive calls is one piece of CALLS_TEXT, commas included
+      local run_end = k
+      while run_end < last and list[run_end + 1] == list[run_end] + 1 do run_end = run_end + 1 end
+      n = n + 1
+      runs[n] = CALLS_TEXT:sub(CALL_FROM[list[k]], CALL_TO[list[run_end]])
+      k = run_end + 1
+    end
+    data = n == 1 and runs[1] or table.concat(runs, ",", 1, n)
+  end
+  return data, string.format(
+    '],"meta":{"current_page":%d,"total_pages":%d,"total_count":%d,"per_page":%d}}',
+    page, pages, total, per_page)
+end
+
+-- Status, body and extra headers of the normal answer to an API request.
+local function api_result(req)
+  local status, list, page, per_page = api_check(req)
+  if status then return status, list, page end
+  local data, meta = page_body(list, page, per_page)
+  return 200, PAGE_START .. data .. meta
 end
 
 -- Whole 200 responses, by keep-alive flag and then by the raw query string (a finer key than
@@ -555,22 +591,21 @@ local response_cache, response_cache_size = { [true] = {}, [false] = {} }, 0
 
 -- Status and complete response text of the normal answer to an API request.
 local function api_response(req, keep)
-  local cacheable = req.path == "/v1/calls" and req.method == "GET"
-    and req.headers["api-token"] == opts.token
-  if cacheable then
+  if req.path == "/v1/calls" and req.method == "GET" and req.headers["api-token"] == opts.token then
     local hit = response_cache[keep][req.query]
     if hit then return 200, hit end
   end
-  local status, body, extra = api_result(req)
-  local response = build_response(status, body, keep, JSON_TYPE, extra)
-  if cacheable and status == 200 then
-    if response_cache_size + #response > RESPONSE_CACHE_LIMIT then
-      response_cache, response_cache_size = { [true] = {}, [false] = {} }, 0
-    end
-    response_cache[keep][req.query] = response
-    response_cache_size = response_cache_size + #response
+  local status, list, page, per_page = api_check(req)
+  if status then return status, build_response(status, list, keep, JSON_TYPE, page) end
+  local data, meta = page_body(list, page, per_page)
+  local head = response_head(200, #PAGE_START + #data + #meta, keep, JSON_TYPE)
+  local response = head .. PAGE_START .. data .. meta
+  if response_cache_size + #response > RESPONSE_CACHE_LIMIT then
+    response_cache, response_cache_size = { [true] = {}, [false] = {} }, 0
   end
-  return status, response
+  response_cache[keep][req.query] = response
+  response_cache_size = response_cache_size + #response
+  return 200, response
 end
 
 ------------------------------------------------------------------------------
@@ -655,22 +690,38 @@ end
 local RECV_SIZE = 65536
 local MAX_HEAD, MAX_BODY = 64 * 1024, 1024 * 1024
 
+-- LuaSocket's send() writes in steps of 8 KiB: with TCP_NODELAY each step would leave as a
+-- segment of its own and wake the reader. Longer strings are sent with Nagle on, and turning
+-- TCP_NODELAY back on at the end pushes out what is still queued (Linux does so at once).
+local SEND_STEP = 8192
+
 -- Sends all of `data`, waiting for writability on partial sends. False if the peer is gone.
 local function send_all(sock, data)
-  local i = 1
-  while true do
+  local corked = #data > SEND_STEP
+  if corked then sock:setoption("tcp-nodelay", false) end
+  local i, ok = 1, nil
+  while ok == nil do
     local last, err, partial = sock:send(data, i)
-    if last then return true end
-    if err ~= "timeout" then return false end
-    i = partial + 1
-    wait_writable(sock)
+    if last then
+      ok = true
+    elseif err ~= "timeout" then
+      ok = false
+    else
+      i = partial + 1
+      wait_writable(sock)
+    end
   end
+  if corked then sock:setoption("tcp-nodelay", true) end
+  return ok
 end
 
 -- Appends to conn.buf what the peer has sent, waiting until something arrives.
--- False at end of stream or on error.
+-- False at end of stream or on error. It waits before reading: it is only called once what
+-- was received has been used up, when reading at once would nearly always come back empty.
+-- (socket.select also reports sockets with data in LuaSocket's own buffer as readable.)
 local function fill(conn)
   while true do
+    wait_readable(conn.sock)
     local data, err, partial = conn.sock:receive(RECV_SIZE)
     local chunk = data or partial
     if chunk and chunk ~= "" then
@@ -678,7 +729,6 @@ local function fill(conn)
       return true
     end
     if err ~= "timeout" then return false end
-    wait_readable(conn.sock)
   end
 end
 
@@ -740,6 +790,8 @@ local state = {
   requests = 0,         -- API requests since the last reset
   connections = 0,      -- connections that carried an API request since the last reset
   open_connections = 0, -- open connections that have carried an API request
+  inflight = 0,         -- API requests being answered now
+  max_inflight = 0,     -- the most answered at once since the last reset
   epoch = 1,            -- bumped by each reset, so connections count again after it
   log = {},             -- ring buffer of the last LOG_MAX API requests
   logged = 0,           -- API requests logged since the last reset
@@ -750,6 +802,7 @@ local state = {
 local function reset_state()
   state.requests, state.connections, state.epoch = 0, 0, state.epoch + 1
   state.log, state.logged, state.script = {}, 0, {}
+  state.max_inflight = state.inflight
   state.latency = opts.latency_ms / 1000
 end
 
@@ -792,8 +845,9 @@ local function render_stats()
       jstr(e.method), jstr(e.path), jstr(e.query), e.connection, table.concat(headers, ","),
       jint(e.status), jstr(e.fault))
   end
-  return string.format('{"requests":%d,"connections":%d,"open_connections":%d,"log":[%s]}',
-    state.requests, state.connections, state.open_connections, table.concat(entries, ","))
+  return string.format('{"requests":%d,"connections":%d,"open_connections":%d,'
+    .. '"max_inflight":%d,"log":[%s]}', state.requests, state.connections,
+    state.open_connections, state.max_inflight, table.concat(entries, ","))
 end
 
 ------------------------------------------------------------------------------
@@ -1005,11 +1059,16 @@ end
 
 local function handle_api(conn, req)
   local entry = record(conn, req)
+  state.inflight = state.inflight + 1
+  state.max_inflight = math.max(state.max_inflight, state.inflight)
   local action = next_action()
   entry.fault = action and action.fault
   if state.latency > 0 then sleep(state.latency) end
-  if action then return RUN[action.kind](conn, req, entry, action) end
-  return answer(conn, req, entry, req.keep)
+  local keep
+  if action then keep = RUN[action.kind](conn, req, entry, action)
+  else keep = answer(conn, req, entry, req.keep) end
+  state.inflight = state.inflight - 1
+  return keep
 end
 
 ------------------------------------------------------------------------------
@@ -1030,14 +1089,11 @@ local function decode_object(body)
   return value
 end
 
-local all_calls_body -- built on first request
-
 -- path -> method -> handler(req) returning status and body
 local CONTROL = {
   ["/_control/stats"] = { GET = function() return 200, render_stats() end },
   ["/_control/calls"] = { GET = function()
-    all_calls_body = all_calls_body or '{"data":[' .. table.concat(CALL_JSON, ",") .. "]}"
-    return 200, all_calls_body
+    return 200, '{"data":[' .. CALLS_TEXT .. "]}"
   end },
   ["/_control/reset"] = { POST = function()
     reset_state()
@@ -1129,15 +1185,14 @@ local function accept_all(server)
     sock:setoption("tcp-nodelay", true)
     connection_count = connection_count + 1
     local conn = { id = connection_count, sock = sock, buf = "" }
-    local co = coroutine.create(function()
+    -- The coroutine starts by waiting for its first request (see fill), so a FIN that
+    -- arrived before this connection is processed first: open_connections is current when
+    -- a stats request follows a client's close.
+    resume(coroutine.create(function()
       local ok, err = xpcall(serve, debug.traceback, conn)
       if not ok then io.stderr:write("osvi-server: connection ", conn.id, ": ", err, "\n") end
       close_connection(conn)
-    end)
-    -- Start by waiting for the request rather than running now: a FIN that arrived before
-    -- this connection is then processed first, so open_connections is current when a stats
-    -- request follows a client's close.
-    waitset_add(readers, sock, co)
+    end))
   end
 end
 
