@@ -76,9 +76,9 @@ SAN_FLAGS = -fsanitize=address,undefined -fno-sanitize-recover=undefined \
             -fno-omit-frame-pointer
 ASAN_DIR  = build/check-asan
 ASAN_OBJ  = $(patsubst src/%.c,$(ASAN_DIR)/%.o,$(SRC))
-PKGS_CHECK = $(PKGS_TEST) valgrind clang-14 libclang-rt-14-dev
+PKGS_CHECK = $(PKGS_TEST) valgrind clang clang-14 libclang-rt-14-dev
 
-.PHONY: check check-asan check-valgrind deps-check
+.PHONY: check check-asan check-valgrind deps-check bench
 deps-check:
 	$(call ensure_pkgs,$(PKGS_CHECK))
 
@@ -112,8 +112,9 @@ check-valgrind: deps-check
 include spec/c/check.mk
 include spec/fuzz/fuzz.mk
 
-check: check-asan check-valgrind
-	$(MAKE) check-c check-c-selftest
+# a sub-make, so that the tools deps-check installs are seen by the rules
+check: deps-check
+	$(MAKE) check-asan check-valgrind check-threads check-oom check-c-selftest fuzz
 
 clean:
 	rm -f $(OBJ) osvi.so
