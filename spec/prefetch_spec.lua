@@ -20,9 +20,18 @@ describe("prefetch", function()
   teardown(function() server:stop() end)
   before_each(function() server:reset() end)
 
-  it("is off by default: strictly lazy, one connection", function()
+  it("is 4 pages by default", function()
     server:config { latency_ms = 20 }
-    local got = ids(server:client(), { per_page = 100 })
+    local osvi = require "osvi"
+    local got = ids(osvi.new { token = H.TOKEN, base_url = server.url }, { per_page = 50 })
+    assert.equal(1000, #got)
+    local stats = server:stats()
+    assert.truthy(stats.max_inflight <= 4 and stats.max_inflight >= 2, stats.max_inflight)
+  end)
+
+  it("0 turns it off: strictly lazy, one connection", function()
+    server:config { latency_ms = 20 }
+    local got = ids(server:client { prefetch = 0 }, { per_page = 100 })
     assert.equal(1000, #got)
     local stats = server:stats()
     assert.equal(1, stats.max_inflight)

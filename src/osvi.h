@@ -170,7 +170,7 @@ int osvi_decode_open(lua_State *L);
 ** --------------------------------------------------------------------- */
 
 #define OSVI_MAX_PREFETCH 16
-#define OSVI_DEFAULT_PREFETCH 0
+#define OSVI_DEFAULT_PREFETCH 4
 
 typedef struct osvi_client {
   osvi_http http;   /* the sequential handle: page() and prefetch = 0 */

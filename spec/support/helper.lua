@@ -78,11 +78,12 @@ function Server:script(actions)
   return self:control("POST", "/_control/script", actions)
 end
 
---- A client for this server; extra options override the defaults.
+--- A client for this server; extra options override the defaults. Specs
+--- count requests, so nothing is prefetched unless a spec asks for it.
 function Server:client(opts)
   local osvi = require "osvi"
   local o = { token = M.TOKEN, base_url = self.url, timeout = 5,
-              connect_timeout = 2, retry_base = 0.01 }
+              connect_timeout = 2, retry_base = 0.01, prefetch = 0 }
   for k, v in pairs(opts or {}) do o[k] = v end
   return osvi.new(o)
 end
