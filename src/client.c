@@ -4,6 +4,7 @@
 ** the module's page/calls functions through a default client.
 */
 #include <errno.h>
+#include <stdio.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,7 +25,7 @@ static const char *const option_names[] = {
     "token",      "base_url",          "timeout",  "connect_timeout",
     "max_retries", "retry_base",       "max_response_bytes", "user_agent",
     "ca_file",    "proxy",             "stall_timeout",      "prefetch",
-    NULL};
+    "log",        NULL};
 
 static void reject_unknown_options(lua_State *L, int idx) {
   lua_pushnil(L);
@@ -191,6 +192,17 @@ static int client_new(lua_State *L) {
   c->max_retries = (int)opt_integer(L, opts, "max_retries", 2, 0, 10);
   c->prefetch = (int)opt_integer(L, opts, "prefetch", OSVI_DEFAULT_PREFETCH, 0,
                                  OSVI_MAX_PREFETCH);
+  get_option(L, opts, "log", NULL);
+  if (lua_isnil(L, -1)) {
+    const char *env = getenv("OSVI_LOG");
+    c->log = env != NULL && *env != '\0' && strcmp(env, "0") != 0;
+  } else if (lua_isboolean(L, -1)) {
+    c->log = lua_toboolean(L, -1);
+  } else {
+    osvi_usage_error(L, "log", "option 'log': expected a boolean, got %s",
+                     luaL_typename(L, -1));
+  }
+  lua_pop(L, 1);
   c->retry_base = opt_number(L, opts, "retry_base", 0.5, 0, 60);
   o.max_bytes = (size_t)opt_integer(L, opts, "max_response_bytes",
                                     32 * 1024 * 1024, 1024,
@@ -241,7 +253,9 @@ osvi_pool *osvi_client_pool(lua_State *L, int cidx) {
   }
   lua_pop(L, 1);
   /* none yet, or held by another cursor: this one gets its own */
-  p = osvi_pool_new(L, cidx, osvi_client_check(L, cidx)->prefetch);
+  p = osvi_pool_new(L, cidx, osvi_client_check(L, cidx)->prefetch > 0
+                                 ? osvi_client_check(L, cidx)->prefetch
+                                 : 1); /* poll() needs one */
   if (lua_getiuservalue(L, cidx, 1) != LUA_TUSERDATA) {
     lua_pushvalue(L, -2);
     lua_setiuservalue(L, cidx, 1); /* kept for the next cursor */
@@ -355,15 +369,48 @@ static void push_curl_error(lua_State *L, const osvi_http *h, CURLcode rc,
 }
 
 int osvi_client_result(lua_State *L, const osvi_http *h, CURLcode rc,
-                       long status, int attempt) {
+                       long status, int attempt, double elapsed) {
   if (rc == CURLE_OK &&
       osvi_decode_response(L, status, h->body ? h->body : "", h->len,
-                           h->retry_after))
+                           h->retry_after)) {
+    /* how the page was fetched: page.fetch = {status, attempts, elapsed} */
+    lua_createtable(L, 0, 4);
+    lua_pushinteger(L, status);
+    lua_setfield(L, -2, "status");
+    lua_pushinteger(L, h->sent > attempt ? h->sent : attempt);
+    lua_setfield(L, -2, "attempts");
+    lua_pushnumber(L, elapsed);
+    lua_setfield(L, -2, "elapsed");
+    lua_pushinteger(L, (lua_Integer)h->len);
+    lua_setfield(L, -2, "bytes");
+    lua_setfield(L, -2, "fetch");
     return 1;
+  }
   if (rc != CURLE_OK) push_curl_error(L, h, rc, status);
   lua_pushinteger(L, h->sent > attempt ? h->sent : attempt);
   osvi_error_set(L, "attempts");
   return 0;
+}
+
+void osvi_client_log(const osvi_client *c, const osvi_http *h, CURLcode rc,
+                     long status, int attempt) {
+  char *url = NULL;
+  double secs = 0;
+  const char *path;
+  if (!c->log) return;
+  curl_easy_getinfo(h->easy, CURLINFO_EFFECTIVE_URL, &url);
+  curl_easy_getinfo(h->easy, CURLINFO_TOTAL_TIME, &secs);
+  /* the path and query only: no scheme, host or credentials; the token is
+  ** a header and never appears here */
+  path = url != NULL ? strstr(url, "/v1/calls") : NULL;
+  if (rc == CURLE_OK)
+    fprintf(stderr, "osvi: GET %s -> %ld, attempt %d, %lu bytes, %.1f ms\n",
+            path ? path : "/v1/calls", status, attempt,
+            (unsigned long)h->len, secs * 1000);
+  else
+    fprintf(stderr, "osvi: GET %s -> failed (%s), attempt %d, %.1f ms\n",
+            path ? path : "/v1/calls", curl_easy_strerror(rc), attempt,
+            secs * 1000);
 }
 
 void osvi_client_url(lua_State *L, osvi_client *c, const char *query) {
@@ -376,17 +423,20 @@ int osvi_client_fetch(lua_State *L, osvi_client *c, const char *query) {
   const char *url;
   osvi_client_url(L, c, query);
   url = lua_tostring(L, -1);
+  double started = osvi_now();
   osvi_http_budget(&c->http, 1 + c->max_retries);
   for (attempt = 1;; attempt++) {
     long status;
     double delay;
     CURLcode rc = osvi_http_get(&c->http, url, &status);
+    osvi_client_log(c, &c->http, rc, status, attempt);
     if (osvi_client_retry(c, &c->http, rc, status, attempt, &delay)) {
       sleep_seconds(delay);
       continue;
     }
     lua_remove(L, -1); /* the url */
-    return osvi_client_result(L, &c->http, rc, status, attempt);
+    return osvi_client_result(L, &c->http, rc, status, attempt,
+                              osvi_now() - started);
   }
 }
 
@@ -408,6 +458,46 @@ static int page_with(lua_State *L, int cidx, int fidx) {
 
 static int client_page(lua_State *L) { return page_with(L, 1, 2); }
 
+/* How many calls match: one request for one call, meta.total_count. */
+static int count_with(lua_State *L, int cidx, int fidx) {
+  osvi_client *c = osvi_client_check(L, cidx);
+  osvi_filters f;
+  osvi_query_check(L, fidx, OSVI_QUERY_PAGE, &f);
+  osvi_query_push_full(L, lua_tostring(L, -1), 0, 1);
+  if (!osvi_client_fetch(L, c, lua_tostring(L, -1))) {
+    lua_pushnil(L);
+    lua_insert(L, -2);
+    return 2;
+  }
+  lua_getfield(L, -1, "meta");
+  lua_getfield(L, -1, "total_count");
+  return 1;
+}
+
+static int client_count(lua_State *L) { return count_with(L, 1, 2); }
+
+static int module_count(lua_State *L) {
+  lua_settop(L, 1);
+  osvi_client_push_default(L);
+  return count_with(L, 2, 1);
+}
+
+/* osvi.decode(status, body [, retry_after]) -> page | nil, err: the same
+** decoding and error kinds as the built-in transport, for other transports
+** (OpenResty's cosockets or subrequests). */
+static int module_decode(lua_State *L) {
+  size_t len;
+  lua_Integer status = luaL_checkinteger(L, 1);
+  const char *body = luaL_checklstring(L, 2, &len);
+  lua_Integer retry_after = luaL_optinteger(L, 3, -1);
+  lua_settop(L, 3);
+  if (osvi_decode_response(L, (long)status, body, len, (long)retry_after))
+    return 1;
+  lua_pushnil(L);
+  lua_insert(L, -2);
+  return 2;
+}
+
 static int client_calls(lua_State *L) {
   osvi_client_check(L, 1);
   return osvi_cursor_new(L, 1, 2);
@@ -427,13 +517,14 @@ static int module_calls(lua_State *L) {
 
 int osvi_client_open(lua_State *L) {
   static const luaL_Reg methods[] = {
-      {"page", client_page}, {"calls", client_calls},
+      {"page", client_page}, {"calls", client_calls}, {"count", client_count},
       {"close", client_close}, {NULL, NULL}};
   static const luaL_Reg meta[] = {
       {"__index", NULL}, {"__gc", client_close}, {"__close", client_close},
       {"__tostring", client_tostring}, {NULL, NULL}};
   static const luaL_Reg functions[] = {
       {"new", client_new}, {"page", module_page}, {"calls", module_calls},
+      {"count", module_count}, {"decode", module_decode},
       {NULL, NULL}};
   if (luaL_newmetatable(L, OSVI_CLIENT_MT)) {
     luaL_setfuncs(L, meta, 0);

@@ -124,12 +124,27 @@ static lua_Integer last_wanted(const osvi_cursor *k) {
   return last;
 }
 
+/* The cursor's pool (the client's, or its own while the client's is in
+** use), kept as uservalue UV_POOL; the client must be at cur + 1. */
+static osvi_pool *cursor_pool(lua_State *L, int cur, osvi_cursor *k) {
+  if (lua_getiuservalue(L, cur, UV_POOL) != LUA_TUSERDATA) {
+    lua_pop(L, 1);
+    osvi_client_pool(L, cur + 1);
+    lua_pushvalue(L, -1);
+    set_uv(L, cur, UV_POOL);
+  }
+  k->pool = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  return k->pool;
+}
+
 /*
 ** Fetches the next page; raises the error object on failure (the cursor
 ** stays as it was, so the same page can be asked for again). Pushes the
-** page table and makes it current: [-0, +1].
+** page table and makes it current: [-0, +1]. With `wait` false (poll), it
+** may instead find the page not in yet: returns 0 with nothing pushed.
 */
-static void load_page(lua_State *L, int cur, osvi_cursor *k) {
+static int load_page(lua_State *L, int cur, osvi_cursor *k, int wait) {
   osvi_client *c;
   lua_Integer n, current, total;
   int page, data, meta;
@@ -137,18 +152,15 @@ static void load_page(lua_State *L, int cur, osvi_cursor *k) {
   lua_getiuservalue(L, cur, UV_CLIENT);
   c = osvi_client_check(L, -1);
   lua_getiuservalue(L, cur, UV_QUERY);
-  if (c->prefetch > 0) {
-    osvi_pool *pool;
-    if (lua_getiuservalue(L, cur, UV_POOL) != LUA_TUSERDATA) {
-      lua_pop(L, 1);
-      osvi_client_pool(L, cur + 1);
-      lua_pushvalue(L, -1);
-      set_uv(L, cur, UV_POOL);
+  if (c->prefetch > 0 || !wait) {
+    osvi_pool *pool = cursor_pool(L, cur, k);
+    int ok = osvi_pool_step(L, pool, lua_tostring(L, cur + 2), k->page,
+                            k->per_page, last_wanted(k), wait);
+    if (ok < 0) {
+      lua_settop(L, cur);
+      return 0;
     }
-    pool = k->pool = lua_touserdata(L, -1);
-    if (!osvi_pool_fetch(L, pool, lua_tostring(L, cur + 2), k->page,
-                         k->per_page, last_wanted(k)))
-      lua_error(L);
+    if (!ok) lua_error(L);
   } else {
     osvi_query_push_full(L, lua_tostring(L, -1), k->page, k->per_page);
     if (!osvi_client_fetch(L, c, lua_tostring(L, -1))) lua_error(L);
@@ -210,6 +222,7 @@ static void load_page(lua_State *L, int cur, osvi_cursor *k) {
   lua_settop(L, page);
   lua_replace(L, cur + 1);
   lua_settop(L, cur + 1);
+  return 1;
 }
 
 /* for-loop step: the next call, or nil at the end. Raises on failure. */
@@ -230,7 +243,7 @@ static int cursor_call(lua_State *L) {
       cursor_close(L);
       return 0;
     }
-    load_page(L, 1, k);
+    load_page(L, 1, k, 1);
     lua_settop(L, 1);
   }
 }
@@ -244,8 +257,29 @@ static int cursor_next_page(lua_State *L) {
     cursor_close(L);
     return 0;
   }
-  load_page(L, 1, k);
+  load_page(L, 1, k, 1);
   k->index = k->count; /* handed out as a page, not one by one */
+  return 1;
+}
+
+/*
+** cur:poll() -> the next page when it is in, false when it is not yet, nil
+** after the last page. Never waits: for a host's loop that must not block
+** (a game tick, an event loop). Raises on failure, like next_page().
+*/
+static int cursor_poll(lua_State *L) {
+  osvi_cursor *k = check_cursor(L, 1);
+  lua_settop(L, 1);
+  if (k->closed) return 0;
+  if (k->last) {
+    cursor_close(L);
+    return 0;
+  }
+  if (!load_page(L, 1, k, 0)) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  k->index = k->count;
   return 1;
 }
 
@@ -305,7 +339,8 @@ int osvi_cursor_new(lua_State *L, int cidx, int fidx) {
 
 int osvi_cursor_open(lua_State *L) {
   static const luaL_Reg methods[] = {
-      {"next_page", cursor_next_page}, {"close", cursor_close}, {NULL, NULL}};
+      {"next_page", cursor_next_page}, {"poll", cursor_poll},
+      {"close", cursor_close}, {NULL, NULL}};
   static const luaL_Reg meta[] = {
       {"__index", cursor_index}, {"__call", cursor_call},
       {"__gc", cursor_close}, {"__close", cursor_close},

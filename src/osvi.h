@@ -159,6 +159,8 @@ void osvi_http_global_init(void);
 ** Decoding and normalising a response (decode.c)
 ** --------------------------------------------------------------------- */
 
+double osvi_now(void); /* monotonic seconds */
+
 /* Turns a response into a page {data = {...}, meta = {...}} (returns 1) or
 ** an error object (returns 0); either is pushed: [-0, +1]. */
 int osvi_decode_response(lua_State *L, long status, const char *body,
@@ -177,6 +179,7 @@ typedef struct osvi_client {
   char *base_url;   /* malloc'd, without a trailing '/' */
   int max_retries;
   int prefetch;     /* pages requested ahead while iterating */
+  int log;          /* a line on stderr per request */
   double retry_base;
   uint64_t rng;     /* xorshift state for backoff jitter */
   int closed;
@@ -198,7 +201,10 @@ int osvi_client_retry(osvi_client *c, const osvi_http *h, CURLcode rc,
 /* Pushes the page, or the error object (with `attempts`), for the final
 ** attempt on h: [-0, +1]. Returns 1 for a page. */
 int osvi_client_result(lua_State *L, const osvi_http *h, CURLcode rc,
-                       long status, int attempt);
+                       long status, int attempt, double elapsed);
+/* One line on stderr for a finished attempt, when the client logs. */
+void osvi_client_log(const osvi_client *c, const osvi_http *h, CURLcode rc,
+                     long status, int attempt);
 /* Pushes the client's prefetch pool (creating it, or a private one when
 ** the client's is in use) and marks it in use: [-0, +1]. */
 struct osvi_pool *osvi_client_pool(lua_State *L, int cidx);
@@ -218,9 +224,11 @@ void osvi_pool_release(osvi_pool *p);
 int osvi_pool_busy(const osvi_pool *p);
 /* Pushes page `page` (returns 1) or its error object (returns 0), having
 ** asked for pages up to `last` (0: only this one) to be on their way:
-** [-0, +1]. `query` is the frozen query without page and per_page. */
-int osvi_pool_fetch(lua_State *L, osvi_pool *p, const char *query,
-                    lua_Integer page, lua_Integer per_page, lua_Integer last);
+** [-0, +1]. `query` is the frozen query without page and per_page. Without
+** `wait`, returns -1 with nothing pushed when the page is not in yet. */
+int osvi_pool_step(lua_State *L, osvi_pool *p, const char *query,
+                   lua_Integer page, lua_Integer per_page, lua_Integer last,
+                   int wait);
 /* Asks for the pages after the last one asked for, up to `last`, as far as
 ** the pool allows: [-0, +0]. */
 void osvi_pool_fill(lua_State *L, osvi_pool *p, const char *query,

@@ -28,6 +28,7 @@ typedef struct slot {
   double due;       /* SLOT_WAITING: when to try again (monotonic seconds) */
   CURLcode rc;      /* SLOT_DONE: how the last attempt ended */
   long status;
+  double started;   /* when the page was first asked for */
 } slot;
 
 struct osvi_pool {
@@ -40,11 +41,13 @@ struct osvi_pool {
   slot slots[OSVI_MAX_PREFETCH + 1];
 };
 
-static double now(void) {
+double osvi_now(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
+
+#define now osvi_now
 
 /* ------------------------------------------------------------------------
 ** Lifetime
@@ -140,6 +143,7 @@ static int request(lua_State *L, osvi_pool *p, const char *query,
     osvi_client_url(L, p->client, lua_tostring(L, -1));
     s->page = page;
     s->attempt = 0;
+    s->started = now();
     osvi_http_budget(&s->http, 1 + p->client->max_retries);
     start(p, s, lua_tostring(L, -1));
     lua_pop(L, 2);
@@ -163,6 +167,7 @@ static void collect(osvi_pool *p) {
     s->status = 0;
     curl_easy_getinfo(s->http.easy, CURLINFO_RESPONSE_CODE, &s->status);
     curl_multi_remove_handle(p->multi, s->http.easy);
+    osvi_client_log(p->client, &s->http, s->rc, s->status, s->attempt);
     if (osvi_client_retry(p->client, &s->http, s->rc, s->status, s->attempt,
                           &delay)) {
       if (s->status == 429 && p->allowed > 1) p->allowed /= 2;
@@ -191,10 +196,10 @@ static long restart_due(osvi_pool *p, long cap) {
   return (long)(wait * 1000) + 1;
 }
 
-int osvi_pool_fetch(lua_State *L, osvi_pool *p, const char *query,
-                    lua_Integer page, lua_Integer per_page, lua_Integer last) {
+int osvi_pool_step(lua_State *L, osvi_pool *p, const char *query,
+                   lua_Integer page, lua_Integer per_page, lua_Integer last,
+                   int wait) {
   slot *s;
-
   int ok;
   if (!p->busy) {
     p->busy = 1;
@@ -208,16 +213,18 @@ int osvi_pool_fetch(lua_State *L, osvi_pool *p, const char *query,
     p->next = page + 1;
     s = find(p, page);
   }
-  while (s->state != SLOT_DONE) {
+  for (;;) {
     int still;
-    long wait;
+    long ms;
     curl_multi_perform(p->multi, &still);
     collect(p);
-    wait = restart_due(p, 1000);
-    if (s->state != SLOT_DONE)
-      curl_multi_poll(p->multi, NULL, 0, (int)wait, NULL);
+    ms = restart_due(p, 1000);
+    if (s->state == SLOT_DONE) break;
+    if (!wait) return -1;
+    curl_multi_poll(p->multi, NULL, 0, (int)ms, NULL);
   }
-  ok = osvi_client_result(L, &s->http, s->rc, s->status, s->attempt);
+  ok = osvi_client_result(L, &s->http, s->rc, s->status, s->attempt,
+                          now() - s->started);
   s->state = SLOT_IDLE;
   s->page = 0;
   if (p->next <= page) p->next = page + 1;
