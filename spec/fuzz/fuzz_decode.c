@@ -227,7 +227,7 @@ static void check_error(int err) {
   }
   lua_pop(L, 1);
 
-  /* errors: when present, a sequence of strings or numbers */
+  /* errors: when present, a sequence of strings (the server's strings) */
   switch (lua_getfield(L, err, "errors")) {
     case LUA_TNIL:
       break;
@@ -241,7 +241,7 @@ static void check_error(int err) {
         if (lua_tointeger(L, -2) > n && !allowed("errors-holes"))
           FAIL("error.errors is not a sequence (index %lld, length %lld)",
                (long long)lua_tointeger(L, -2), (long long)n);
-        if (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER)
+        if (lua_type(L, -1) != LUA_TSTRING)
           FAIL("error.errors holds a %s", luaL_typename(L, -1));
         count++;
         lua_pop(L, 1);

@@ -133,10 +133,11 @@ static void push_string(reader *r, unsigned how) {
     case 2: { /* a dictionary value with one byte replaced */
       const lstr *d = &dict[get(r) % NDICT];
       char buf[64];
+      size_t len = d->len < sizeof buf ? d->len : sizeof buf;
       unsigned at = get(r), c = get(r);
-      memcpy(buf, d->s, d->len);
-      if (d->len > 0) buf[at % d->len] = (char)c;
-      lua_pushlstring(L, buf, d->len);
+      memcpy(buf, d->s, len);
+      if (len > 0) buf[at % len] = (char)c;
+      lua_pushlstring(L, buf, len);
       break;
     }
     default: { /* raw input bytes */
