@@ -28,8 +28,8 @@ Every request outside /_control/ is an API request: it is counted, logged and ta
 scripted action (a wrong path still gets its 404, a wrong method its 405).
 
 The data set is generated from --seed with a private xorshift32 generator, so it is the same on
-every run and every Lua version; each call is rendered to JSON once at start-up and pages are
-concatenations of those strings.
+every run and every Lua version. Each call is rendered to JSON once at start-up; a page is cut
+out of that text, and whole responses are cached by query, so a page is built only once.
 ]]
 
 local socket = require("socket")
@@ -513,13 +513,17 @@ end
 -- The API itself
 ------------------------------------------------------------------------------
 
--- Checks an API request. Returns the status, body and extra headers of an error answer, or
--- nil and what the page is made of: the matching call indices, the page and the page size.
+local function failure(status, messages, headers)
+  return { status = status, body = error_body(messages), headers = headers }
+end
+
+-- Checks an API request. Returns { status = 200, list = matching call indices, page, per_page }
+-- or an error answer { status, body, headers }.
 local function api_check(req)
-  if req.path ~= "/v1/calls" then return 404, error_body({ "not found" }) end
-  if req.method ~= "GET" then return 405, error_body({ "method not allowed" }), { { "Allow", "GET" } } end
+  if req.path ~= "/v1/calls" then return failure(404, { "not found" }) end
+  if req.method ~= "GET" then return failure(405, { "method not allowed" }, { { "Allow", "GET" } }) end
   if req.headers["api-token"] ~= opts.token then
-    return 401, error_body({ "invalid or missing API-Token" })
+    return failure(401, { "invalid or missing API-Token" })
   end
   local params = parse_query(req.query)
   local active, errors = {}, {}
@@ -540,11 +544,12 @@ local function api_check(req)
     per_page = parse_positive(params.per_page)
     if not per_page then errors[#errors + 1] = "per_page is invalid" end
   end
-  if #errors > 0 then return 422, error_body(errors) end
+  if #errors > 0 then return failure(422, errors) end
   if params.agent_uuid and not AGENT_BY_UUID[params.agent_uuid] then
-    return 404, error_body({ "agent not found" })
+    return failure(404, { "agent not found" })
   end
-  return nil, matching(active), page, math.min(per_page, MAX_PER_PAGE)
+  return { status = 200, list = matching(active), page = page,
+           per_page = math.min(per_page, MAX_PER_PAGE) }
 end
 
 local PAGE_START = '{"success":true,"data":['
@@ -578,9 +583,9 @@ end
 
 -- Status, body and extra headers of the normal answer to an API request.
 local function api_result(req)
-  local status, list, page, per_page = api_check(req)
-  if status then return status, list, page end
-  local data, meta = page_body(list, page, per_page)
+  local r = api_check(req)
+  if r.status ~= 200 then return r.status, r.body, r.headers end
+  local data, meta = page_body(r.list, r.page, r.per_page)
   return 200, PAGE_START .. data .. meta
 end
 
@@ -595,9 +600,9 @@ local function api_response(req, keep)
     local hit = response_cache[keep][req.query]
     if hit then return 200, hit end
   end
-  local status, list, page, per_page = api_check(req)
-  if status then return status, build_response(status, list, keep, JSON_TYPE, page) end
-  local data, meta = page_body(list, page, per_page)
+  local r = api_check(req)
+  if r.status ~= 200 then return r.status, build_response(r.status, r.body, keep, JSON_TYPE, r.headers) end
+  local data, meta = page_body(r.list, r.page, r.per_page)
   local head = response_head(200, #PAGE_START + #data + #meta, keep, JSON_TYPE)
   local response = head .. PAGE_START .. data .. meta
   if response_cache_size + #response > RESPONSE_CACHE_LIMIT then
@@ -961,7 +966,7 @@ local DEFAULT_ERRORS = {
 }
 
 local HUGE_FILLER = string.rep('{"a":1},', 8192) -- 64 KiB
-local HUGE_FIRST = '{"success":true,"data":[' .. HUGE_FILLER
+local HUGE_FIRST = PAGE_START .. HUGE_FILLER
 
 local RUN = {}
 
@@ -1114,7 +1119,8 @@ local CONTROL = {
   end },
   ["/_control/script"] = { POST = function(req)
     local ok, raw = pcall(cjson.decode, req.body)
-    if not ok or type(raw) ~= "table" or not req.body:match("^%s*%[") then
+    -- an empty object is taken for an empty array: that is how cjson encodes an empty table
+    if not ok or type(raw) ~= "table" or not (req.body:match("^%s*%[") or next(raw) == nil) then
       return bad_request("body must be a JSON array of actions")
     end
     local script = {}
