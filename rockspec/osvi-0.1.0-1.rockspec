@@ -36,4 +36,7 @@ build = {
          libdirs = { "$(CURL_LIBDIR)" },
       },
    },
+   install = {
+      bin = { ["osvi-calls"] = "bin/osvi-calls" },
+   },
 }
