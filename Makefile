@@ -1,9 +1,17 @@
 # osvi — build, test and demo. `make test` and `make demo` install what they
 # need from Debian's archive when it is missing (as root), then run.
 
+# Another Lua builds into a directory of its own (see "Lua versions" in the
+# README), e.g. make LUA_VERSION=5.3 BUILD=build/lua5.3 -> build/lua5.3/osvi.so;
+# LuaJIT: make LUA_VERSION=5.1 LUA_INCDIR=/usr/include/luajit-2.1 LUA=luajit
+# BUILD=build/luajit. Lua 5.4 builds ./osvi.so, its objects in src/.
 LUA         ?= lua5.4
 LUA_VERSION ?= 5.4
 LUA_INCDIR  ?= /usr/include/lua$(LUA_VERSION)
+BUILD       ?= $(if $(filter 5.4,$(LUA_VERSION)),,build/$(notdir $(patsubst %/,%,$(LUA_INCDIR))))
+# Lua 5.1 and LuaJIT use Debian's lua-compat53 header (lua-compat53-dev)
+COMPAT53_INCDIR ?= /usr/include/lua5.1
+COMPAT_CFLAGS = $(if $(filter 5.1,$(LUA_VERSION)),-isystem $(COMPAT53_INCDIR))
 LUA_LIBDIR  ?= /usr/lib/x86_64-linux-gnu
 INST_LIBDIR ?= /usr/local/lib/lua/$(LUA_VERSION)
 CURL_CFLAGS ?= $(shell pkg-config --cflags libcurl 2>/dev/null)
@@ -14,13 +22,16 @@ WARN    = -Wall -Wextra -Wshadow -Wmissing-prototypes -Wstrict-prototypes \
           -Wpointer-arith -Wcast-qual -pedantic
 CFLAGS  ?= -O2 -g
 ALL_CFLAGS = -std=c99 -D_POSIX_C_SOURCE=200809L -fPIC $(WARN) $(CFLAGS) \
-          -I$(LUA_INCDIR) $(CURL_CFLAGS)
+          -I$(LUA_INCDIR) $(COMPAT_CFLAGS) $(CURL_CFLAGS)
 LIBFLAG ?= -shared
 LIBS    = $(CURL_LIBS) -lpthread -lm
 
 SRC = src/osvi.c src/client.c src/cursor.c src/prefetch.c src/query.c \
       src/http.c src/decode.c src/error.c src/time.c
-OBJ = $(SRC:.c=.o)
+HDR = src/osvi.h src/compat.h
+# the module and its objects: ./osvi.so and src/*.o, or under $(BUILD)
+SO  = $(if $(BUILD),$(BUILD)/osvi.so,osvi.so)
+OBJ = $(if $(BUILD),$(patsubst src/%.c,$(BUILD)/%.o,$(SRC)),$(SRC:.c=.o))
 
 # Debian packages, by purpose
 PKGS_BUILD = gcc make pkg-config lua5.4 liblua5.4-dev libcurl4-openssl-dev lua-cjson
@@ -32,17 +43,23 @@ CALLS ?= 300
 
 .PHONY: all install test demo server deps-build deps-test deps-demo clean
 
-all: osvi.so
+all: $(SO)
 
-osvi.so: $(OBJ)
+$(SO): $(OBJ)
 	$(CC) $(LIBFLAG) -o $@ $(OBJ) $(LDFLAGS) $(LIBS)
 
-src/%.o: src/%.c src/osvi.h
+src/%.o: src/%.c $(HDR)
 	$(CC) $(ALL_CFLAGS) -c -o $@ $<
 
-install: osvi.so
+ifneq ($(BUILD),)
+$(BUILD)/%.o: src/%.c $(HDR)
+	@mkdir -p $(BUILD)
+	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+endif
+
+install: $(SO)
 	install -d $(DESTDIR)$(INST_LIBDIR)
-	install -m 0755 osvi.so $(DESTDIR)$(INST_LIBDIR)/osvi.so
+	install -m 0755 $(SO) $(DESTDIR)$(INST_LIBDIR)/osvi.so
 
 # Install only the packages that are missing (apt-get needs root).
 define ensure_pkgs
@@ -71,6 +88,40 @@ demo: deps-demo
 server: deps-demo
 	$(LUA) spec/support/server.lua --port $(PORT) --calls $(CALLS)
 
+# --- the whole spec under Lua 5.3, 5.1 and LuaJIT 2.1 -----------------------
+# make test-lua5.3, test-lua5.1, test-luajit: one of them (build/<name>/osvi.so);
+# make test-versions: all three, then "N passed, N failed" for them together.
+# The local server stays on Lua 5.4 where the spec runs on 5.1 or LuaJIT.
+TEST_VERSIONS = lua5.3 lua5.1 luajit
+VERSION_ARGS_lua5.3 = LUA_VERSION=5.3 LUA=lua5.3
+VERSION_ARGS_lua5.1 = LUA_VERSION=5.1 LUA=lua5.1
+VERSION_ARGS_luajit = LUA_VERSION=5.1 LUA_INCDIR=/usr/include/luajit-2.1 LUA=luajit
+VERSION_PKGS_lua5.3 = lua5.3 liblua5.3-dev
+VERSION_PKGS_lua5.1 = lua5.1 liblua5.1-0-dev lua-compat53-dev
+VERSION_PKGS_luajit = luajit libluajit-5.1-dev lua-compat53-dev
+
+.PHONY: test-versions $(addprefix test-,$(TEST_VERSIONS))
+$(addprefix test-,$(TEST_VERSIONS)): test-%: deps-test
+	$(call ensure_pkgs,$(VERSION_PKGS_$*))
+	$(MAKE) --no-print-directory $(VERSION_ARGS_$*) BUILD=build/$* all
+	LUA=$(patsubst LUA=%,%,$(filter LUA=%,$(VERSION_ARGS_$*))) \
+	OSVI_CPATH='build/$*/?.so' sh spec/run.sh
+
+test-versions: deps-test
+	$(call ensure_pkgs,$(foreach v,$(TEST_VERSIONS),$(VERSION_PKGS_$(v))))
+	@log=$$(mktemp); passed=0; failed=0; summary=""; \
+	for v in $(TEST_VERSIONS); do \
+	  echo "== $$v"; \
+	  $(MAKE) --no-print-directory test-$$v 2>&1 | tee "$$log"; \
+	  line=$$(grep -E '^[0-9]+ passed, [0-9]+ failed$$' "$$log" | tail -n 1); \
+	  [ -n "$$line" ] || line="0 passed, 1 failed"; \
+	  p=$${line%% passed*}; f=$${line#*, }; f=$${f%% failed*}; \
+	  passed=$$((passed + p)); failed=$$((failed + f)); \
+	  summary="$$summary$$v: $$line\n"; \
+	done; \
+	rm -f "$$log"; printf "$$summary"; \
+	echo "$$passed passed, $$failed failed"; [ "$$failed" -eq 0 ]
+
 # --- make check: the whole spec under ASan+UBSan and under valgrind -------
 SAN_FLAGS = -fsanitize=address,undefined -fno-sanitize-recover=undefined \
             -fno-omit-frame-pointer
@@ -82,7 +133,7 @@ PKGS_CHECK = $(PKGS_TEST) valgrind clang clang-14 libclang-rt-14-dev
 deps-check:
 	$(call ensure_pkgs,$(PKGS_CHECK))
 
-$(ASAN_DIR)/%.o: src/%.c src/osvi.h
+$(ASAN_DIR)/%.o: src/%.c $(HDR)
 	@mkdir -p $(ASAN_DIR)
 	$(CC) $(ALL_CFLAGS) -O1 $(SAN_FLAGS) -c -o $@ $<
 
@@ -117,5 +168,5 @@ check: deps-check
 	$(MAKE) check-asan check-valgrind check-threads check-oom check-c-selftest fuzz
 
 clean:
-	rm -f $(OBJ) osvi.so
+	rm -f $(SRC:.c=.o) osvi.so
 	rm -rf build

@@ -3,6 +3,7 @@
 --
 --   OSVI_API_TOKEN=... lua5.4 examples/report.lua [start_date [end_date]]
 --
+-- Runs on Lua 5.4, 5.3, 5.1 and LuaJIT (no integer division, no utf8 library).
 -- OSVI_BASE_URL points it at another server (the local one in `make demo`).
 local osvi = require "osvi"
 
@@ -29,12 +30,15 @@ for call in cur do
   bump(by_day, os.date("!%Y-%m-%d", osvi.time(call.created_at) + IST), secs)
 end
 
+local floor = math.floor
 local function hms(s)
-  return string.format("%d:%02d:%02d", s // 3600, s // 60 % 60, s % 60)
+  return string.format("%d:%02d:%02d", floor(s / 3600), floor(s / 60) % 60, s % 60)
 end
--- pads to a width in characters, not bytes (agent names may be UTF-8)
+-- pads to a width in characters, not bytes (agent names may be UTF-8): the
+-- bytes that do not continue a UTF-8 sequence
 local function pad(s, width)
-  return s .. string.rep(" ", width - (utf8.len(s) or #s))
+  local _, chars = s:gsub("[^\128-\191]", "")
+  return s .. string.rep(" ", width - chars)
 end
 local function pct(a, b) return b > 0 and string.format("%5.1f%%", 100 * a / b) or "    -" end
 local function sorted_keys(t, by)
@@ -47,7 +51,7 @@ end
 print(string.format("OSVI call report%s", start_date and
   string.format(" (%s to %s)", start_date, end_date or "now") or ""))
 print(string.format("calls %d, picked %d, pickup rate %s, talk time %s, average call %s",
-  total, picked, pct(picked, total), hms(talk), hms(picked > 0 and talk // picked or 0)))
+  total, picked, pct(picked, total), hms(talk), hms(picked > 0 and floor(talk / picked) or 0)))
 
 print("\nby status")
 for _, s in ipairs(sorted_keys(by_status, function(a, b) return by_status[a] > by_status[b] end)) do

@@ -17,7 +17,7 @@ describe("the module", function()
   end)
 
   it("exports only luaopen_osvi from the shared object", function()
-    local p = io.popen("nm -D --defined-only osvi.so | awk '$2 ~ /^[TDB]$/ {print $3}'")
+    local p = io.popen("nm -D --defined-only " .. H.module_file() .. " | awk '$2 ~ /^[TDB]$/ {print $3}'")
     local names = {}
     for line in p:lines() do names[#names + 1] = line end
     p:close()
@@ -85,19 +85,29 @@ describe("osvi.new", function()
     assert.equal("usage", H.raises(c.calls, c, {}).kind)
   end)
 
-  it("is to-be-closed", function()
-    local ok, out = H.run_lua([[
-      local osvi = require "osvi"
-      local seen
-      do
-        local c <close> = osvi.new { token = "0123456789abcdef" }
-        seen = c
-      end
-      print(tostring(seen))
-    ]])
-    assert.is_true(ok, out)
-    assert.equal("osvi.Client (closed)\n", out)
-  end)
+  if H.HAS_CLOSE then
+    it("is to-be-closed", function()
+      -- in a child process: <close> does not parse before Lua 5.4
+      local ok, out = H.run_lua([[
+        local osvi = require "osvi"
+        local seen
+        do
+          local c <close> = osvi.new { token = "0123456789abcdef" }
+          seen = c
+        end
+        print(tostring(seen))
+      ]])
+      assert.is_true(ok, out)
+      assert.equal("osvi.Client (closed)\n", out)
+    end)
+  else
+    it("has no __close before Lua 5.4: close() or the garbage collector closes it", function()
+      local c = osvi.new { token = "0123456789abcdef" }
+      assert.is_nil(getmetatable(c).__close)
+      c:close()
+      assert.equal("osvi.Client (closed)", tostring(c))
+    end)
+  end
 end)
 
 describe("the environment and the default client", function()
@@ -136,7 +146,9 @@ describe("the environment and the default client", function()
     local req = server:stats().log[1]
     assert.equal(H.TOKEN, req.headers["api-token"])
     assert.equal("application/json", req.headers["accept"])
-    assert.matches("^osvi%-lua/0%.1%.0 libcurl/%d+%.%d+%.%d+ Lua 5%.4$", req.headers["user-agent"])
+    -- the Lua of the build: "Lua 5.4", "Lua 5.3", "Lua 5.1" (LuaJIT too)
+    assert.matches("^osvi%-lua/0%.1%.0 libcurl/%d+%.%d+%.%d+ " .. (_VERSION:gsub("%.", "%%.")) .. "$",
+      req.headers["user-agent"])
     local c2 = server:client { user_agent = "report/1.0" }
     assert(c2:page {})
     assert.equal("report/1.0", server:stats().log[2].headers["user-agent"])

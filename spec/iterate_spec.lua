@@ -147,7 +147,17 @@ describe("iteration", function()
   end)
 
   describe("closing", function()
-    it("closes the cursor on break through the for loop's closing value", function()
+    -- Before Lua 5.4 a for loop has no closing value: after a break or an
+    -- error the cursor stays open until close() or the garbage collector.
+    local function closed_by_loop(cur)
+      if not H.HAS_CLOSE then
+        assert.matches("^osvi%.Cursor %(0x%x+%)$", tostring(cur))
+        cur:close()
+      end
+    end
+
+    it(H.HAS_CLOSE and "closes the cursor on break through the for loop's closing value"
+      or "returns the closing value, which a for loop before Lua 5.4 ignores", function()
       local c = server:client()
       local a, b, cc, closing = c:calls()
       assert.is_nil(b)
@@ -155,12 +165,14 @@ describe("iteration", function()
       assert.equal(a, closing)
       local cur, s, ctl, closing = c:calls()
       for _ in cur, s, ctl, closing do break end
+      closed_by_loop(cur)
       assert.equal("osvi.Cursor (closed)", tostring(cur))
       assert.is_nil(cur())
       assert.is_nil(cur:next_page())
     end)
 
-    it("closes the cursor when the loop body raises", function()
+    it(H.HAS_CLOSE and "closes the cursor when the loop body raises"
+      or "leaves the cursor open when the loop body raises, before Lua 5.4", function()
       local c = server:client()
       local cur, s, ctl, closing = c:calls()
       local ok, err = pcall(function()
@@ -168,6 +180,7 @@ describe("iteration", function()
       end)
       assert.is_false(ok)
       assert.matches("boom", err)
+      closed_by_loop(cur)
       assert.equal("osvi.Cursor (closed)", tostring(cur))
     end)
 
@@ -230,13 +243,13 @@ describe("iteration", function()
       for call in c:calls() do
         assert.equal("table", type(call))
         assert.is_nil(getmetatable(call))
-        assert.equal("integer", math.type(call.duration_seconds))
+        assert.equal("integer", H.math_type(call.duration_seconds))
         for k, v in pairs(call) do
           assert.is_not.equal("userdata", type(v), k)
-          if type(v) == "number" then assert.equal("integer", math.type(v), k) end
+          if type(v) == "number" then assert.equal("integer", H.math_type(v), k) end
         end
         if call.tag == nil then saw_null_tag = true
-        else assert.equal("integer", math.type(call.tag.id)) end
+        else assert.equal("integer", H.math_type(call.tag.id)) end
         if call.call_picked_at == nil then saw_unpicked = true end
         if call.call_type == "inbound" then assert.is_nil(call.campaign_id) end
       end
@@ -251,7 +264,7 @@ describe("iteration", function()
       local c = server:client()
       local page = assert(c:page {})
       local call = page.data[1]
-      assert.equal("integer", math.type(call.duration_seconds))
+      assert.equal("integer", H.math_type(call.duration_seconds))
       assert.equal(42, call.duration_seconds)
       assert.equal(1, call.new_field.deep[1])
       assert.is_nil(call.new_field.deep[2])
@@ -261,7 +274,7 @@ describe("iteration", function()
       assert.is_nil(call.tag)
       assert.equal("abc", page.meta.cursor)
       for _, k in ipairs { "current_page", "total_pages", "total_count", "per_page" } do
-        assert.equal("integer", math.type(page.meta[k]))
+        assert.equal("integer", H.math_type(page.meta[k]))
       end
     end)
   end)

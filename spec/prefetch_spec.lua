@@ -85,7 +85,7 @@ describe("prefetch", function()
   it("break cancels what is in flight", function()
     local function sockets()
       local p = io.popen("ls -l /proc/" .. H.self_pid() .. "/fd | grep -c socket:")
-      local n = tonumber(p:read("l"))
+      local n = tonumber(p:read("*l"))
       p:close()
       return n
     end
@@ -101,6 +101,8 @@ describe("prefetch", function()
       open = sockets() -- pages 2..5 are on their way
       break
     end
+    -- before Lua 5.4 the loop ignores its closing value: close() cancels
+    if not H.HAS_CLOSE then cur:close() end
     -- no waiting for the pages in flight: one page of latency only
     assert.truthy(socket.gettime() - t0 < 0.55)
     local after = sockets()

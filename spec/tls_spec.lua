@@ -7,7 +7,7 @@ local socket = require "socket"
 local dir, port, proc
 
 local function sh(cmd)
-  assert(os.execute(cmd .. " >/dev/null 2>&1"), cmd)
+  assert(H.execute(cmd .. " >/dev/null 2>&1"), cmd)
 end
 
 local function free_port()

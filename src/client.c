@@ -520,7 +520,7 @@ int osvi_client_open(lua_State *L) {
       {"page", client_page}, {"calls", client_calls}, {"count", client_count},
       {"close", client_close}, {NULL, NULL}};
   static const luaL_Reg meta[] = {
-      {"__index", NULL}, {"__gc", client_close}, {"__close", client_close},
+      {"__index", NULL}, {"__gc", client_close}, OSVI_REG_CLOSE(client_close)
       {"__tostring", client_tostring}, {NULL, NULL}};
   static const luaL_Reg functions[] = {
       {"new", client_new}, {"page", module_page}, {"calls", module_calls},

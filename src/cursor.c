@@ -343,7 +343,7 @@ int osvi_cursor_open(lua_State *L) {
       {"close", cursor_close}, {NULL, NULL}};
   static const luaL_Reg meta[] = {
       {"__index", cursor_index}, {"__call", cursor_call},
-      {"__gc", cursor_close}, {"__close", cursor_close},
+      {"__gc", cursor_close}, OSVI_REG_CLOSE(cursor_close)
       {"__tostring", cursor_tostring}, {NULL, NULL}};
   if (luaL_newmetatable(L, OSVI_CURSOR_MT)) {
     luaL_setfuncs(L, meta, 0);

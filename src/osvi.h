@@ -12,6 +12,7 @@
 
 #include "lua.h"
 #include "lauxlib.h"
+#include "compat.h" /* Lua 5.3, 5.1 and LuaJIT: what they lack of 5.4 */
 
 #if defined(__GNUC__)
 #pragma GCC visibility push(hidden)
@@ -22,10 +23,6 @@
 #define OSVI_CLIENT_MT "osvi.Client"
 #define OSVI_CURSOR_MT "osvi.Cursor"
 #define OSVI_ERROR_MT  "osvi.Error"
-
-#if LUA_VERSION_NUM < 504
-#error "osvi needs Lua 5.4"
-#endif
 
 /* ------------------------------------------------------------------------
 ** Errors (error.c)

@@ -1,7 +1,10 @@
 -- Spec helpers: start the local OSVI server (spec/support/server.lua) on a
 -- free port of 127.0.0.1, talk to its control API, and run Lua snippets in a
 -- child process (for environment variables and crashes).
--- OSVI_CPATH picks another build of osvi.so (the sanitizer builds of make check)
+-- OSVI_CPATH picks another build of osvi.so (the sanitizer builds of make check,
+-- the builds for other Lua versions of make test-versions). The specs run on
+-- Lua 5.4, 5.3, 5.1 and LuaJIT: this file and the specs stay within what all
+-- of them have, and the few differences are below.
 local CPATH = os.getenv("OSVI_CPATH") or "./?.so"
 package.cpath = CPATH .. ";" .. package.cpath
 
@@ -11,7 +14,43 @@ local cjson = require "cjson"
 local M = {}
 
 M.TOKEN = "osvi-test-token1"
+-- the interpreter for child processes (H.run_lua): the one running the specs
 M.LUA = os.getenv("LUA") or "lua5.4"
+
+-- What differs between versions. LuaJIT says "Lua 5.1".
+M.VERSION = tonumber(_VERSION:match("^Lua (%d+%.%d+)$"))
+-- to-be-closed variables, and so the for loop's closing value: 5.4 only
+M.HAS_CLOSE = M.VERSION >= 5.4
+
+-- The local server needs Lua 5.3 or later (integer division, bitwise
+-- operators): it runs under LUA when that is 5.3 or later, else lua5.4.
+-- OSVI_SERVER_LUA picks another interpreter for it.
+M.SERVER_LUA = os.getenv("OSVI_SERVER_LUA") or (M.VERSION >= 5.3 and M.LUA) or "lua5.4"
+
+--- math.type where numbers have subtypes (5.3 and later); on 5.1 and
+--- LuaJIT, where every number is a double, "integer" for an integral number
+--- within 2^53 (exact in a double) and "float" for any other number.
+function M.math_type(v)
+  if math.type then return math.type(v) end
+  if type(v) ~= "number" then return nil end
+  if v == math.floor(v) and v > -2 ^ 53 and v < 2 ^ 53 then return "integer" end
+  return "float"
+end
+
+--- The osvi.so that require "osvi" loads here (the first one on OSVI_CPATH).
+function M.module_file()
+  for pattern in CPATH:gmatch("[^;]+") do
+    local name = pattern:gsub("%?", "osvi")
+    local f = io.open(name)
+    if f then f:close() return name end
+  end
+end
+
+--- os.execute's success as a boolean: 5.1 and LuaJIT give a status number.
+function M.execute(cmd)
+  local ok = os.execute(cmd)
+  return ok == true or ok == 0
+end
 
 local Server = {}
 Server.__index = Server
@@ -21,9 +60,9 @@ function M.start(opts)
   opts = opts or {}
   local cmd = string.format(
     "exec %s spec/support/server.lua --port 0 --calls %d --seed %d --token %s --latency-ms %d",
-    M.LUA, opts.calls or 300, opts.seed or 1, M.TOKEN, opts.latency_ms or 0)
+    M.SERVER_LUA, opts.calls or 300, opts.seed or 1, M.TOKEN, opts.latency_ms or 0)
   local proc = assert(io.popen(cmd, "r"))
-  local line = proc:read("l")
+  local line = proc:read("*l")
   local url, pid = (line or ""):match("listening on (%S+) pid=(%d+)")
   assert(url, "the local server did not start: " .. tostring(line))
   local host, port = url:match("^http://([^:/]+):(%d+)")
@@ -88,8 +127,8 @@ function Server:client(opts)
   return osvi.new(o)
 end
 
---- Runs a Lua chunk in a child lua5.4 with the given environment; returns
---- its exit status (true/false) and its output (stdout and stderr).
+--- Runs a Lua chunk in a child interpreter (LUA) with the given environment;
+--- returns its exit status (true/false) and its output (stdout and stderr).
 function M.run_lua(code, env)
   local tmp = os.tmpname()
   local f = assert(io.open(tmp, "w"))
@@ -99,18 +138,21 @@ function M.run_lua(code, env)
   for k, v in pairs(env or {}) do
     prefix = prefix .. string.format("%s='%s' ", k, v)
   end
+  -- the exit status is read from the output: on 5.1 and LuaJIT, closing a
+  -- pipe does not tell it
   local p = io.popen("env -u OSVI_API_TOKEN -u OSVI_BASE_URL " .. prefix ..
-                     M.LUA .. " " .. tmp .. " 2>&1")
-  local out = p:read("a")
-  local ok = p:close()
+                     M.LUA .. " " .. tmp .. " 2>&1; echo \"@@exit=$?\"")
+  local out = p:read("*a")
+  p:close()
   os.remove(tmp)
-  return ok, out
+  local rest, status = out:match("^(.-)@@exit=(%d+)\n$")
+  return status == "0", rest or out
 end
 
 --- The pid of this Lua process.
 function M.self_pid()
   local f = assert(io.open("/proc/self/stat"))
-  local pid = f:read("n")
+  local pid = f:read("*n")
   f:close()
   return pid
 end
