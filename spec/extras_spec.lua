@@ -72,6 +72,25 @@ describe("extras", function()
       local _, err = osvi.decode(429, "", 30)
       assert.equal(30, err.retry_after)
     end)
+
+    it("lets an interrupt from the host through, instead of calling it 'not JSON'", function()
+      local body = '{"success":true,"data":[],"meta":{"current_page":1,"total_pages":0,'
+        .. '"total_count":0,"per_page":25}}'
+      local calls = 0
+      local ok, err = pcall(function()
+        -- like lua.c's Ctrl-C handler: a hook that raises at the next call,
+        -- here the call into cjson's decoder (the first is osvi.decode)
+        debug.sethook(function()
+          calls = calls + 1
+          if calls == 2 then debug.sethook() error("interrupted!") end
+        end, "c")
+        return osvi.decode(200, body)
+      end)
+      debug.sethook()
+      assert.is_false(ok)
+      assert.equal("string", type(err))
+      assert.matches("interrupted!", err, 1, true)
+    end)
   end)
 
   describe("the debug log", function()

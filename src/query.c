@@ -7,7 +7,6 @@
 ** and a bad value raises a usage error that names the key, the value and
 ** what was expected.
 */
-#include <ctype.h>
 #include <math.h>
 #include <string.h>
 
@@ -95,6 +94,12 @@ static int bad_value(lua_State *L, int v, const char *key,
                           expected, got);
 }
 
+/* ASCII letters and digits, whatever the C locale says (isalnum would let
+** a Latin-1 letter through under a Latin-1 locale). */
+#define IS_ALNUM(c) \
+  (((c) >= 'a' && (c) <= 'z') || ((c) >= 'A' && (c) <= 'Z') || \
+   ((c) >= '0' && (c) <= '9'))
+
 /* Pushes s percent-encoded per RFC 3986: only unreserved bytes stay. */
 static void push_encoded(lua_State *L, const char *s, size_t len) {
   static const char hex[] = "0123456789ABCDEF";
@@ -103,7 +108,7 @@ static void push_encoded(lua_State *L, const char *s, size_t len) {
   luaL_buffinit(L, &b);
   for (i = 0; i < len; i++) {
     unsigned char c = (unsigned char)s[i];
-    if (isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
+    if (IS_ALNUM(c) || c == '-' || c == '.' || c == '_' || c == '~') {
       luaL_addchar(&b, (char)c);
     } else {
       luaL_addchar(&b, '%');
@@ -228,7 +233,7 @@ static int check_agent(lua_State *L, int v, const char *key,
     return bad_value(L, v, key, expected);
   for (i = 6; i < len; i++) {
     unsigned char c = (unsigned char)s[i];
-    if (!isalnum(c) && c != '-' && c != '_')
+    if (!IS_ALNUM(c) && c != '-' && c != '_')
       return bad_value(L, v, key, expected);
   }
   push_encoded(L, s, len);
