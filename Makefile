@@ -35,7 +35,7 @@ OBJ = $(if $(BUILD),$(patsubst src/%.c,$(BUILD)/%.o,$(SRC)),$(SRC:.c=.o))
 
 # Debian packages, by purpose
 PKGS_BUILD = gcc make pkg-config lua5.4 liblua5.4-dev libcurl4-openssl-dev lua-cjson
-PKGS_TEST  = $(PKGS_BUILD) lua-socket lua-busted openssl procps binutils
+PKGS_TEST  = $(PKGS_BUILD) lua-socket lua-busted openssl procps binutils curl
 PKGS_DEMO  = $(PKGS_BUILD) lua-socket
 
 PORT ?= 0
@@ -57,9 +57,12 @@ $(BUILD)/%.o: src/%.c $(HDR)
 	$(CC) $(ALL_CFLAGS) -c -o $@ $<
 endif
 
+INST_BINDIR ?= /usr/local/bin
+
 install: $(SO)
-	install -d $(DESTDIR)$(INST_LIBDIR)
+	install -d $(DESTDIR)$(INST_LIBDIR) $(DESTDIR)$(INST_BINDIR)
 	install -m 0755 $(SO) $(DESTDIR)$(INST_LIBDIR)/osvi.so
+	install -m 0755 bin/osvi-calls $(DESTDIR)$(INST_BINDIR)/osvi-calls
 
 # Install only the packages that are missing (apt-get needs root).
 define ensure_pkgs
@@ -127,7 +130,7 @@ SAN_FLAGS = -fsanitize=address,undefined -fno-sanitize-recover=undefined \
             -fno-omit-frame-pointer
 ASAN_DIR  = build/check-asan
 ASAN_OBJ  = $(patsubst src/%.c,$(ASAN_DIR)/%.o,$(SRC))
-PKGS_CHECK = $(PKGS_TEST) valgrind clang clang-14 libclang-rt-14-dev
+PKGS_CHECK = $(PKGS_TEST) valgrind clang clang-14 libclang-rt-14-dev luarocks
 
 .PHONY: check check-asan check-valgrind deps-check bench
 deps-check:
@@ -164,6 +167,14 @@ include spec/c/check.mk
 include spec/fuzz/fuzz.mk
 
 # a sub-make, so that the tools deps-check installs are seen by the rules
+# the module installed by luarocks (offline, a throw-away tree), and the
+# local server's own smoke test
+.PHONY: check-luarocks check-server
+check-luarocks: deps-check
+	sh spec/luarocks.sh
+check-server: deps-test
+	bash spec/support/server_smoke.sh
+
 check: deps-check
 	$(MAKE) check-asan check-valgrind check-threads check-oom check-c-selftest fuzz
 
