@@ -64,9 +64,12 @@ install: $(SO)
 	install -m 0755 $(SO) $(DESTDIR)$(INST_LIBDIR)/osvi.so
 	install -m 0755 bin/osvi-calls $(DESTDIR)$(INST_BINDIR)/osvi-calls
 
-# Install only the packages that are missing (apt-get needs root).
+# Install only the packages that are missing (apt-get needs root). A package
+# removed but with its configuration left behind counts as missing.
 define ensure_pkgs
-	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(1); do \
+	  [ "$$(dpkg-query -W -f='$${db:Status-Status}' $$p 2>/dev/null)" = installed ] || missing="$$missing $$p"; \
+	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
@@ -101,7 +104,9 @@ VERSION_ARGS_lua5.1 = LUA_VERSION=5.1 LUA=lua5.1
 VERSION_ARGS_luajit = LUA_VERSION=5.1 LUA_INCDIR=/usr/include/luajit-2.1 LUA=luajit
 VERSION_PKGS_lua5.3 = lua5.3 liblua5.3-dev
 VERSION_PKGS_lua5.1 = lua5.1 liblua5.1-0-dev lua-compat53-dev
-VERSION_PKGS_luajit = luajit libluajit-5.1-dev lua-compat53-dev
+# OpenResty's LuaJIT 2.1 (Debian's luajit2): the one Debian's nginx Lua
+# module uses, so the OpenResty example and these specs can share a machine
+VERSION_PKGS_luajit = luajit2 libluajit2-5.1-dev lua-compat53-dev
 
 .PHONY: test-versions $(addprefix test-,$(TEST_VERSIONS))
 $(addprefix test-,$(TEST_VERSIONS)): test-%: deps-test
