@@ -186,3 +186,6 @@ check: deps-check
 clean:
 	rm -f $(SRC:.c=.o) osvi.so
 	rm -rf build
+
+# make bench: every contender on the same workloads (bench/README.md)
+include bench/bench.mk
