@@ -234,10 +234,12 @@ describe("errors", function()
         '{"success":true,"data":[', 'null', '[]', '"text"', '{"success":true}',
         '{"success":true,"data":{"a":1},"meta":{"current_page":1,"total_pages":1,"total_count":1,"per_page":1}}',
         '{"success":true,"data":[1],"meta":{"current_page":1,"total_pages":1,"total_count":1,"per_page":1}}',
-        '{"success":true,"data":[{"duration_seconds":NaN}],"meta":{"current_page":1,"total_pages":1,"total_count":1,"per_page":1}}',
+        '{"success":true,"data":[{"duration_seconds":NaN}],'
+          .. '"meta":{"current_page":1,"total_pages":1,"total_count":1,"per_page":1}}',
         '{"success":true,"data":[],"meta":{"current_page":"1","total_pages":1,"total_count":0,"per_page":1}}',
         '{"success":true,"data":[],"meta":{"current_page":1.5,"total_pages":1,"total_count":0,"per_page":1}}',
-        '{"success":true,"data":[{"campaign_id":9007199254740993}],"meta":{"current_page":1,"total_pages":1,"total_count":1,"per_page":1}}',
+        '{"success":true,"data":[{"campaign_id":9007199254740993}],'
+          .. '"meta":{"current_page":1,"total_pages":1,"total_count":1,"per_page":1}}',
         '{"success":"yes","data":[],"meta":{}}',
       }
       for _, body in ipairs(bodies) do

@@ -112,7 +112,8 @@ describe("extras", function()
       local lines = {}
       for line in out:gmatch("osvi: GET [^\n]*") do lines[#lines + 1] = line end
       assert.truthy(#lines >= 3, out)
-      assert.matches("^osvi: GET /v1/calls%?status=picked&page=1&per_page=100 %-> 503, attempt 1, %d+ bytes, [%d.]+ ms$", lines[1])
+      assert.matches("^osvi: GET /v1/calls%?status=picked&page=1&per_page=100 "
+        .. "%-> 503, attempt 1, %d+ bytes, [%d.]+ ms$", lines[1])
       assert.matches("-> 200, attempt 2", lines[2], 1, true)
       assert.falsy(out:find(H.TOKEN, 1, true))
     end)

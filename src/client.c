@@ -22,10 +22,21 @@ static const char default_key = 'c'; /* registry[&default_key] = client */
 ** --------------------------------------------------------------------- */
 
 static const char *const option_names[] = {
-    "token",      "base_url",          "timeout",  "connect_timeout",
-    "max_retries", "retry_base",       "max_response_bytes", "user_agent",
-    "ca_file",    "proxy",             "stall_timeout",      "prefetch",
-    "log",        NULL};
+    "token",
+    "base_url",
+    "timeout",
+    "connect_timeout",
+    "max_retries",
+    "retry_base",
+    "max_response_bytes",
+    "user_agent",
+    "ca_file",
+    "proxy",
+    "stall_timeout",
+    "prefetch",
+    "log",
+    NULL,
+};
 
 static void reject_unknown_options(lua_State *L, int idx) {
   lua_pushnil(L);
@@ -84,8 +95,10 @@ static double opt_number(lua_State *L, int opts, const char *key, double def,
                      luaL_typename(L, -1));
   v = lua_tonumber(L, -1);
   if (!(v >= min && v <= max))
-    osvi_usage_error(L, key, "option '%s': expected a number from %f to %f, "
-                     "got %s", key, min, max, luaL_tolstring(L, -1, NULL));
+    osvi_usage_error(L, key,
+                     "option '%s': expected a number from %f to %f, "
+                     "got %s",
+                     key, min, max, luaL_tolstring(L, -1, NULL));
   lua_pop(L, 1);
   return v;
 }
@@ -102,8 +115,10 @@ static lua_Integer opt_integer(lua_State *L, int opts, const char *key,
   }
   v = lua_tointegerx(L, -1, &ok);
   if (lua_type(L, -1) != LUA_TNUMBER || !ok || v < min || v > max)
-    osvi_usage_error(L, key, "option '%s': expected an integer from %I to %I,"
-                     " got %s", key, (LUAI_UACINT)min, (LUAI_UACINT)max,
+    osvi_usage_error(L, key,
+                     "option '%s': expected an integer from %I to %I,"
+                     " got %s",
+                     key, (LUAI_UACINT)min, (LUAI_UACINT)max,
                      luaL_tolstring(L, -1, NULL));
   lua_pop(L, 1);
   return v;
@@ -113,16 +128,21 @@ static lua_Integer opt_integer(lua_State *L, int opts, const char *key,
 static void check_token(lua_State *L, const char *t) {
   size_t i, len;
   if (t == NULL)
-    osvi_usage_error(L, "token", "no API token: pass token = ... to "
+    osvi_usage_error(L, "token",
+                     "no API token: pass token = ... to "
                      "osvi.new or set OSVI_API_TOKEN");
-  len = strlen(t);
+  /* t is not NULL here: osvi_usage_error raises (lua_error), never returns */
+  /* cppcheck-suppress nullPointerRedundantCheck */
+  len = strlen(t); /* NOLINT(clang-analyzer-core.NonNullParamChecker) */
   for (i = 0; i < len; i++)
     if (t[i] < 0x21 || t[i] > 0x7e)
-      osvi_usage_error(L, "token", "option 'token': expected 16 printable, "
+      osvi_usage_error(L, "token",
+                       "option 'token': expected 16 printable, "
                        "non-space ASCII characters; character %d is not",
                        (int)i + 1);
   if (len != 16)
-    osvi_usage_error(L, "token", "option 'token': expected 16 printable, "
+    osvi_usage_error(L, "token",
+                     "option 'token': expected 16 printable, "
                      "non-space ASCII characters, got %d characters",
                      (int)len);
 }
@@ -130,13 +150,17 @@ static void check_token(lua_State *L, const char *t) {
 static void check_base_url(lua_State *L, const char *u) {
   size_t i;
   if (strncmp(u, "https://", 8) != 0 && strncmp(u, "http://", 7) != 0)
-    osvi_usage_error(L, "base_url", "option 'base_url': expected an http:// "
-                     "or https:// URL, got '%s'", u);
+    osvi_usage_error(L, "base_url",
+                     "option 'base_url': expected an http:// "
+                     "or https:// URL, got '%s'",
+                     u);
   for (i = 0; u[i] != '\0'; i++)
     if ((unsigned char)u[i] <= 0x20 || u[i] == '?' || u[i] == '#' ||
         u[i] == 0x7f)
-      osvi_usage_error(L, "base_url", "option 'base_url': expected a URL "
-                       "without spaces, query or fragment, got '%s'", u);
+      osvi_usage_error(L, "base_url",
+                       "option 'base_url': expected a URL "
+                       "without spaces, query or fragment, got '%s'",
+                       u);
 }
 
 /* ------------------------------------------------------------------------
@@ -185,7 +209,8 @@ static int client_new(lua_State *L) {
   base = opt_string(L, opts, "base_url", "OSVI_BASE_URL");
   if (base == NULL) base = "https://api.osvi.ai";
   check_base_url(L, base);
-  o.timeout_ms = (long)(opt_number(L, opts, "timeout", 30, 0.001, 86400) * 1000);
+  o.timeout_ms =
+      (long)(opt_number(L, opts, "timeout", 30, 0.001, 86400) * 1000);
   o.connect_timeout_ms =
       (long)(opt_number(L, opts, "connect_timeout", 10, 0.001, 86400) * 1000);
   o.stall_s = (long)ceil(opt_number(L, opts, "stall_timeout", 15, 1, 86400));
@@ -205,7 +230,7 @@ static int client_new(lua_State *L) {
   lua_pop(L, 1);
   c->retry_base = opt_number(L, opts, "retry_base", 0.5, 0, 60);
   o.max_bytes = (size_t)opt_integer(L, opts, "max_response_bytes",
-                                    32 * 1024 * 1024, 1024,
+                                    (lua_Integer)32 * 1024 * 1024, 1024,
                                     (lua_Integer)1 << 40);
   ua = opt_string(L, opts, "user_agent", NULL);
   if (ua == NULL) {
@@ -231,15 +256,15 @@ static int client_new(lua_State *L) {
     client_close(L);
     return luaL_error(L, "osvi.new: %s", err);
   }
-  c->rng = (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)c ^ 0x9E3779B97F4A7C15ULL;
+  c->rng =
+      (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)c ^ 0x9E3779B97F4A7C15ULL;
   lua_settop(L, 2);
   return 1;
 }
 
 osvi_client *osvi_client_check(lua_State *L, int idx) {
   osvi_client *c = luaL_checkudata(L, idx, OSVI_CLIENT_MT);
-  if (c->closed)
-    osvi_usage_error(L, NULL, "the client is closed");
+  if (c->closed) osvi_usage_error(L, NULL, "the client is closed");
   return c;
 }
 
@@ -253,9 +278,10 @@ osvi_pool *osvi_client_pool(lua_State *L, int cidx) {
   }
   lua_pop(L, 1);
   /* none yet, or held by another cursor: this one gets its own */
-  p = osvi_pool_new(L, cidx, osvi_client_check(L, cidx)->prefetch > 0
-                                 ? osvi_client_check(L, cidx)->prefetch
-                                 : 1); /* poll() needs one */
+  p = osvi_pool_new(L, cidx,
+                    osvi_client_check(L, cidx)->prefetch > 0
+                        ? osvi_client_check(L, cidx)->prefetch
+                        : 1); /* poll() needs one */
   if (lua_getiuservalue(L, cidx, 1) != LUA_TUSERDATA) {
     lua_pushvalue(L, -2);
     lua_setiuservalue(L, cidx, 1); /* kept for the next cursor */
@@ -300,13 +326,11 @@ static void sleep_seconds(double s) {
   if (s <= 0) return;
   ts.tv_sec = (time_t)s;
   ts.tv_nsec = (long)((s - (double)ts.tv_sec) * 1e9);
-  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-  }
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
 }
 
 static int retryable_status(long s) {
-  return s == 408 || s == 429 || s == 500 || s == 502 || s == 503 ||
-         s == 504;
+  return s == 408 || s == 429 || s == 500 || s == 502 || s == 503 || s == 504;
 }
 
 /* Connection failures and timeouts are worth another try; DNS and TLS
@@ -318,10 +342,8 @@ static int retryable_curl(CURLcode rc) {
     case CURLE_RECV_ERROR:
     case CURLE_GOT_NOTHING:
     case CURLE_PARTIAL_FILE:
-    case CURLE_OPERATION_TIMEDOUT:
-      return 1;
-    default:
-      return 0;
+    case CURLE_OPERATION_TIMEDOUT: return 1;
+    default: return 0;
   }
 }
 
@@ -331,8 +353,7 @@ int osvi_client_retry(osvi_client *c, const osvi_http *h, CURLcode rc,
                              : retryable_curl(rc) && !h->too_large;
   /* requests actually sent, counting libcurl's own re-sends, are bounded
   ** by the budget */
-  if (!retry || attempt > c->max_retries || h->sent >= h->budget)
-    return 0;
+  if (!retry || attempt > c->max_retries || h->sent >= h->budget) return 0;
   if (h->retry_after > MAX_RETRY_AFTER) return 0; /* returned, not slept */
   if (h->retry_after >= 0) {
     *delay = (double)h->retry_after;
@@ -370,9 +391,8 @@ static void push_curl_error(lua_State *L, const osvi_http *h, CURLcode rc,
 
 int osvi_client_result(lua_State *L, const osvi_http *h, CURLcode rc,
                        long status, int attempt, double elapsed) {
-  if (rc == CURLE_OK &&
-      osvi_decode_response(L, status, h->body ? h->body : "", h->len,
-                           h->retry_after)) {
+  if (rc == CURLE_OK && osvi_decode_response(L, status, h->body ? h->body : "",
+                                             h->len, h->retry_after)) {
     /* how the page was fetched: page.fetch = {status, attempts, elapsed} */
     lua_createtable(L, 0, 4);
     lua_pushinteger(L, status);
@@ -404,18 +424,18 @@ void osvi_client_log(const osvi_client *c, const osvi_http *h, CURLcode rc,
   ** a header and never appears here */
   path = url != NULL ? strstr(url, "/v1/calls") : NULL;
   if (rc == CURLE_OK)
-    fprintf(stderr, "osvi: GET %s -> %ld, attempt %d, %lu bytes, %.1f ms\n",
-            path ? path : "/v1/calls", status, attempt,
-            (unsigned long)h->len, secs * 1000);
+    (void)fprintf(stderr,
+                  "osvi: GET %s -> %ld, attempt %d, %lu bytes, %.1f ms\n",
+                  path ? path : "/v1/calls", status, attempt,
+                  (unsigned long)h->len, secs * 1000);
   else
-    fprintf(stderr, "osvi: GET %s -> failed (%s), attempt %d, %.1f ms\n",
-            path ? path : "/v1/calls", curl_easy_strerror(rc), attempt,
-            secs * 1000);
+    (void)fprintf(stderr, "osvi: GET %s -> failed (%s), attempt %d, %.1f ms\n",
+                  path ? path : "/v1/calls", curl_easy_strerror(rc), attempt,
+                  secs * 1000);
 }
 
 void osvi_client_url(lua_State *L, osvi_client *c, const char *query) {
-  lua_pushfstring(L, "%s/v1/calls%s%s", c->base_url, *query ? "?" : "",
-                  query);
+  lua_pushfstring(L, "%s/v1/calls%s%s", c->base_url, *query ? "?" : "", query);
 }
 
 int osvi_client_fetch(lua_State *L, osvi_client *c, const char *query) {
@@ -516,16 +536,21 @@ static int module_calls(lua_State *L) {
 }
 
 int osvi_client_open(lua_State *L) {
-  static const luaL_Reg methods[] = {
-      {"page", client_page}, {"calls", client_calls}, {"count", client_count},
-      {"close", client_close}, {NULL, NULL}};
+  static const luaL_Reg methods[] = {{"page", client_page},
+                                     {"calls", client_calls},
+                                     {"count", client_count},
+                                     {"close", client_close},
+                                     {NULL, NULL}};
   static const luaL_Reg meta[] = {
-      {"__index", NULL}, {"__gc", client_close}, OSVI_REG_CLOSE(client_close)
-      {"__tostring", client_tostring}, {NULL, NULL}};
-  static const luaL_Reg functions[] = {
-      {"new", client_new}, {"page", module_page}, {"calls", module_calls},
-      {"count", module_count}, {"decode", module_decode},
+      {"__index", NULL},
+      {"__gc", client_close},
+      OSVI_REG_CLOSE(client_close) /* 5.4: __close */
+      {"__tostring", client_tostring},
       {NULL, NULL}};
+  static const luaL_Reg functions[] = {
+      {"new", client_new},       {"page", module_page},
+      {"calls", module_calls},   {"count", module_count},
+      {"decode", module_decode}, {NULL, NULL}};
   if (luaL_newmetatable(L, OSVI_CLIENT_MT)) {
     luaL_setfuncs(L, meta, 0);
     luaL_newlib(L, methods);

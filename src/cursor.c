@@ -16,11 +16,18 @@
 
 #include "osvi.h"
 
-enum { UV_CLIENT = 1, UV_QUERY, UV_DATA, UV_META, UV_SEEN, UV_POOL,
-       UV_COUNT = UV_POOL };
+enum {
+  UV_CLIENT = 1,
+  UV_QUERY,
+  UV_DATA,
+  UV_META,
+  UV_SEEN,
+  UV_POOL,
+  UV_COUNT = UV_POOL
+};
 
 typedef struct osvi_cursor {
-  lua_Integer page;      /* the page to fetch next */
+  lua_Integer page; /* the page to fetch next */
   lua_Integer per_page;
   lua_Integer remaining; /* calls still allowed by limit; -1: no limit */
   lua_Integer index;     /* calls of the current data handed out */
@@ -117,8 +124,8 @@ static void truncate_data(lua_State *L, int data, lua_Integer n,
 static lua_Integer last_wanted(const osvi_cursor *k) {
   lua_Integer last = k->total;
   if (k->remaining >= 0) {
-    lua_Integer need = k->page + (k->remaining + k->per_page - 1) /
-                                     k->per_page - 1;
+    lua_Integer need =
+        k->page + (k->remaining + k->per_page - 1) / k->per_page - 1;
     if (need < last) last = need;
   }
   return last;
@@ -285,7 +292,8 @@ static int cursor_poll(lua_State *L) {
 
 static int cursor_index(lua_State *L) {
   check_cursor(L, 1);
-  if (lua_type(L, 2) == LUA_TSTRING && strcmp(lua_tostring(L, 2), "meta") == 0) {
+  if (lua_type(L, 2) == LUA_TSTRING &&
+      strcmp(lua_tostring(L, 2), "meta") == 0) {
     lua_getiuservalue(L, 1, UV_META);
     return 1;
   }
@@ -338,13 +346,17 @@ int osvi_cursor_new(lua_State *L, int cidx, int fidx) {
 }
 
 int osvi_cursor_open(lua_State *L) {
-  static const luaL_Reg methods[] = {
-      {"next_page", cursor_next_page}, {"poll", cursor_poll},
-      {"close", cursor_close}, {NULL, NULL}};
+  static const luaL_Reg methods[] = {{"next_page", cursor_next_page},
+                                     {"poll", cursor_poll},
+                                     {"close", cursor_close},
+                                     {NULL, NULL}};
   static const luaL_Reg meta[] = {
-      {"__index", cursor_index}, {"__call", cursor_call},
-      {"__gc", cursor_close}, OSVI_REG_CLOSE(cursor_close)
-      {"__tostring", cursor_tostring}, {NULL, NULL}};
+      {"__index", cursor_index},
+      {"__call", cursor_call},
+      {"__gc", cursor_close},
+      OSVI_REG_CLOSE(cursor_close) /* 5.4: __close */
+      {"__tostring", cursor_tostring},
+      {NULL, NULL}};
   if (luaL_newmetatable(L, OSVI_CURSOR_MT)) {
     luaL_setfuncs(L, meta, 0);
     luaL_newlib(L, methods);

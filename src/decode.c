@@ -20,6 +20,7 @@ static const char decode_key = 'd'; /* registry[&decode_key] = decode fn */
 /* Normalises the table at idx and everything below it; with `object`, the
 ** table must be a JSON object (string keys only). Returns 1, or 0
 ** with a message at the top of the stack (above leftovers the caller drops). */
+/* NOLINTNEXTLINE(misc-no-recursion): bounded, depth > 64 stops it */
 static int normalise(lua_State *L, int idx, int depth, int object) {
   if (depth > 64 || !lua_checkstack(L, 4)) {
     lua_pushliteral(L, "nested too deeply");
@@ -62,8 +63,7 @@ static int normalise(lua_State *L, int idx, int depth, int object) {
       case LUA_TTABLE:
         if (!normalise(L, -1, depth + 1, 0)) return 0;
         break;
-      default:
-        break;
+      default: break;
     }
     lua_pop(L, 1);
   }
@@ -80,8 +80,9 @@ static int json_decode(lua_State *L, const char *body, size_t len) {
   ** end "at character N"); anything else, out of memory or an interrupt
   ** from the host, goes on up as it is. */
   if (status == LUA_ERRMEM ||
-      (status != LUA_OK && (lua_type(L, -1) != LUA_TSTRING ||
-                            strstr(lua_tostring(L, -1), " at character ") == NULL)))
+      (status != LUA_OK &&
+       (lua_type(L, -1) != LUA_TSTRING ||
+        strstr(lua_tostring(L, -1), " at character ") == NULL)))
     lua_error(L);
   return status == LUA_OK;
 }
@@ -135,14 +136,26 @@ static int push_status_error(lua_State *L, long status, const char *body,
   const char *what;
   int json, err;
   switch (status) {
-    case 401: kind = OSVI_E_AUTH; what = "the API token was refused"; break;
-    case 403: kind = OSVI_E_FORBIDDEN; what = "forbidden"; break;
+    case 401:
+      kind = OSVI_E_AUTH;
+      what = "the API token was refused";
+      break;
+    case 403:
+      kind = OSVI_E_FORBIDDEN;
+      what = "forbidden";
+      break;
     case 404:
       kind = OSVI_E_NOT_FOUND;
       what = "not found (is the agent_uuid on this account?)";
       break;
-    case 422: kind = OSVI_E_VALIDATION; what = "the server refused the filters"; break;
-    case 429: kind = OSVI_E_RATE_LIMITED; what = "too many requests"; break;
+    case 422:
+      kind = OSVI_E_VALIDATION;
+      what = "the server refused the filters";
+      break;
+    case 429:
+      kind = OSVI_E_RATE_LIMITED;
+      what = "too many requests";
+      break;
     default:
       if (status >= 500 && status <= 599) {
         kind = OSVI_E_SERVER;
@@ -169,7 +182,6 @@ static int push_status_error(lua_State *L, long status, const char *body,
   if (json != 0) {
     copy_server_errors(L, err, json);
     lua_remove(L, json);
-    err--;
   }
   if (retry_after >= 0) {
     lua_pushinteger(L, retry_after);
@@ -285,10 +297,8 @@ int osvi_decode_response(lua_State *L, long status, const char *body,
                     lua_istable(L, data) ? "meta" : "data",
                     lua_istable(L, data) ? "an object" : "an array");
   } else if (!normalise(L, meta, 1, 1) || !check_meta(L, meta) ||
-             !check_data(L, data)) {
+             !check_data(L, data) || too_many(L, data, meta)) {
     /* the message is at the top */
-  } else if (too_many(L, data, meta)) {
-    /* so is this one */
   } else {
     lua_createtable(L, 0, 2); /* top,data,meta,page */
     lua_pushvalue(L, data);
@@ -311,7 +321,8 @@ int osvi_decode_open(lua_State *L) {
   switch (lua_pcall(L, 1, 1, 0)) {
     case LUA_OK: break;
     case LUA_ERRMEM: return lua_error(L);
-    default: return luaL_error(L, "osvi needs lua-cjson: %s", lua_tostring(L, -1));
+    default:
+      return luaL_error(L, "osvi needs lua-cjson: %s", lua_tostring(L, -1));
   }
   lua_getfield(L, -1, "new");
   if (!lua_isfunction(L, -1))

@@ -9,7 +9,7 @@
 
 static const char *const kind_names[] = {
 #define OSVI_KIND_NAME(name, str) str,
-  OSVI_ERROR_KINDS(OSVI_KIND_NAME)
+    OSVI_ERROR_KINDS(OSVI_KIND_NAME)
 #undef OSVI_KIND_NAME
 };
 
@@ -27,8 +27,8 @@ static void push_error_v(lua_State *L, osvi_kind kind, long status,
   luaL_setmetatable(L, OSVI_ERROR_MT);
 }
 
-void osvi_error_push(lua_State *L, osvi_kind kind, long status,
-                     const char *fmt, ...) {
+void osvi_error_push(lua_State *L, osvi_kind kind, long status, const char *fmt,
+                     ...) {
   va_list ap;
   va_start(ap, fmt);
   push_error_v(L, kind, status, fmt, ap);

@@ -24,15 +24,15 @@ static void global_init(void) {
   ** otherwise unload it with the last state, and the next state to load it
   ** would find a fresh once-flag and initialise libcurl again. */
   if (dladdr(&anchor, &self) && self.dli_fname != NULL)
+    /* the handle is kept, never closed, on purpose (that is the point) */
+    /* cppcheck-suppress leakReturnValNotUsed */
     (void)dlopen(self.dli_fname, RTLD_NOW | RTLD_NODELETE | RTLD_NOLOAD);
 }
 
 /* curl_global_init exactly once per process, however many Lua states load
 ** the module, one after another or at the same time. It is never undone:
 ** another state may still use curl. */
-void osvi_http_global_init(void) {
-  pthread_once(&global_once, global_init);
-}
+void osvi_http_global_init(void) { pthread_once(&global_once, global_init); }
 
 /* Appends to h->body; past max_bytes it flags too_large and returns 0, which
 ** makes curl stop the transfer with CURLE_WRITE_ERROR. The cap counts the
@@ -65,7 +65,6 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *ud) {
 ** retry_after at -1 (unknown). */
 static void parse_retry_after(osvi_http *h, const char *v, size_t len) {
   char buf[64];
-  size_t i = 0;
   while (len > 0 && (v[len - 1] == '\r' || v[len - 1] == '\n' ||
                      v[len - 1] == ' ' || v[len - 1] == '\t'))
     len--;
@@ -75,6 +74,7 @@ static void parse_retry_after(osvi_http *h, const char *v, size_t len) {
   buf[len] = '\0';
   if (buf[0] >= '0' && buf[0] <= '9') {
     long secs = 0;
+    size_t i;
     for (i = 0; i < len; i++) {
       if (buf[i] < '0' || buf[i] > '9') return;
       if (secs > 100000000L) return; /* absurd: leave unknown */
@@ -103,6 +103,7 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *ud) {
 ** before the request libcurl re-sends by itself when a reused keep-alive
 ** connection turns out dead. So this is where the retry budget is kept. */
 #if LIBCURL_VERSION_NUM >= 0x075000
+/* NOLINTNEXTLINE(readability-non-const-parameter): curl_prereq_callback */
 static int on_prereq(void *ud, char *ip, char *local_ip, int port,
                      int local_port) {
   osvi_http *h = ud;
@@ -121,10 +122,10 @@ void osvi_http_budget(osvi_http *h, int n) {
   h->budget = n;
 }
 
-#define SETOPT(h, opt, val)                                  \
-  do {                                                       \
-    if (curl_easy_setopt((h)->easy, opt, val) != CURLE_OK)   \
-      return "libcurl refused option " #opt;                 \
+#define SETOPT(h, opt, val)                                \
+  do {                                                     \
+    if (curl_easy_setopt((h)->easy, opt, val) != CURLE_OK) \
+      return "libcurl refused option " #opt;               \
   } while (0)
 
 static const char *bind_callbacks(osvi_http *h);
@@ -137,7 +138,7 @@ const char *osvi_http_init(osvi_http *h, const osvi_http_options *o) {
   h->retry_after = -1;
 
   /* the token header: the only place the token goes */
-  snprintf(line, sizeof line, "API-Token: %s", o->token);
+  (void)snprintf(line, sizeof line, "API-Token: %s", o->token);
   h->headers = curl_slist_append(h->headers, line);
   memset(line, 0, sizeof line);
   if (h->headers == NULL) return "out of memory";

@@ -22,7 +22,7 @@
 
 #define OSVI_CLIENT_MT "osvi.Client"
 #define OSVI_CURSOR_MT "osvi.Cursor"
-#define OSVI_ERROR_MT  "osvi.Error"
+#define OSVI_ERROR_MT "osvi.Error"
 
 /* ------------------------------------------------------------------------
 ** Errors (error.c)
@@ -30,31 +30,31 @@
 ** the metatable OSVI_ERROR_MT, whose __tostring gives a readable line.
 ** --------------------------------------------------------------------- */
 
-#define OSVI_ERROR_KINDS(X)                                   \
-  X(USAGE, "usage")             /* bad filter or option */   \
-  X(AUTH, "auth")               /* 401 */                    \
-  X(FORBIDDEN, "forbidden")     /* 403 */                    \
-  X(NOT_FOUND, "not_found")     /* 404 */                    \
-  X(VALIDATION, "validation")   /* 422 */                    \
-  X(RATE_LIMITED, "rate_limited") /* 429 */                  \
-  X(SERVER, "server")           /* 5xx */                    \
-  X(HTTP, "http")               /* any other non-2xx */      \
-  X(NETWORK, "network")         /* no usable response */     \
-  X(TIMEOUT, "timeout")                                      \
-  X(DECODE, "decode")           /* not JSON, or bad shape */ \
-  X(API, "api")                 /* 200 with success:false */ \
-  X(TOO_LARGE, "too_large")     /* body over the cap */
+#define OSVI_ERROR_KINDS(X)                                       \
+  X(USAGE, "usage")               /* bad filter or option */      \
+  X(AUTH, "auth")                 /* 401 */                       \
+  X(FORBIDDEN, "forbidden")       /* 403 */                       \
+  X(NOT_FOUND, "not_found")       /* 404 */                       \
+  X(VALIDATION, "validation")     /* 422 */                       \
+  X(RATE_LIMITED, "rate_limited") /* 429 */                       \
+  X(SERVER, "server")             /* 5xx */                       \
+  X(HTTP, "http")                 /* any other non-2xx */         \
+  X(NETWORK, "network")           /* no usable response */        \
+  X(TIMEOUT, "timeout")           /* timeout, connect or stall */ \
+  X(DECODE, "decode")             /* not JSON, or bad shape */    \
+  X(API, "api")                   /* 200 with success:false */    \
+  X(TOO_LARGE, "too_large")       /* body over the cap */
 
 typedef enum {
 #define OSVI_KIND_ENUM(name, str) OSVI_E_##name,
-  OSVI_ERROR_KINDS(OSVI_KIND_ENUM)
+  OSVI_ERROR_KINDS(OSVI_KIND_ENUM) /* OSVI_E_USAGE, ... */
 #undef OSVI_KIND_ENUM
   OSVI_E_COUNT
 } osvi_kind;
 
 /* Pushes a new error object: [-0, +1]. status <= 0 means "no response". */
-void osvi_error_push(lua_State *L, osvi_kind kind, long status,
-                     const char *fmt, ...);
+void osvi_error_push(lua_State *L, osvi_kind kind, long status, const char *fmt,
+                     ...);
 /* Pushes a usage error naming `key` and raises it. Does not return. */
 int osvi_usage_error(lua_State *L, const char *key, const char *fmt, ...);
 /* Raises a usage error whose key is the value at index `key` (exact, even
@@ -112,25 +112,25 @@ int osvi_query_open(lua_State *L);
 typedef struct osvi_http {
   CURL *easy;
   struct curl_slist *headers;
-  char *body;           /* response body, malloc'd, reused across requests */
+  char *body; /* response body, malloc'd, reused across requests */
   size_t len, cap;
-  size_t max_bytes;     /* the body cap (max_response_bytes) */
-  int too_large;        /* set by the write callback when the cap is hit */
-  int out_of_memory;    /* set by the write callback when realloc fails */
-  long retry_after;     /* seconds from Retry-After, -1 when absent/garbage */
-  int sent;             /* requests sent since osvi_http_budget */
-  int budget;           /* requests allowed; libcurl's own re-sends count */
-  int over_budget;      /* a request was stopped because the budget is spent */
+  size_t max_bytes;  /* the body cap (max_response_bytes) */
+  int too_large;     /* set by the write callback when the cap is hit */
+  int out_of_memory; /* set by the write callback when realloc fails */
+  long retry_after;  /* seconds from Retry-After, -1 when absent/garbage */
+  int sent;          /* requests sent since osvi_http_budget */
+  int budget;        /* requests allowed; libcurl's own re-sends count */
+  int over_budget;   /* a request was stopped because the budget is spent */
   char errbuf[CURL_ERROR_SIZE];
 } osvi_http;
 
 typedef struct osvi_http_options {
   const char *token;
   const char *user_agent;
-  const char *ca_file;  /* NULL: the system's CA store */
-  const char *proxy;    /* NULL: libcurl's environment variables */
+  const char *ca_file; /* NULL: the system's CA store */
+  const char *proxy;   /* NULL: libcurl's environment variables */
   long timeout_ms, connect_timeout_ms;
-  long stall_s;         /* under 64 bytes/s for this long is a timeout */
+  long stall_s; /* under 64 bytes/s for this long is a timeout */
   size_t max_bytes;
 } osvi_http_options;
 
@@ -172,13 +172,13 @@ int osvi_decode_open(lua_State *L);
 #define OSVI_DEFAULT_PREFETCH 4
 
 typedef struct osvi_client {
-  osvi_http http;   /* the sequential handle: page() and prefetch = 0 */
-  char *base_url;   /* malloc'd, without a trailing '/' */
+  osvi_http http; /* the sequential handle: page() and prefetch = 0 */
+  char *base_url; /* malloc'd, without a trailing '/' */
   int max_retries;
-  int prefetch;     /* pages requested ahead while iterating */
-  int log;          /* a line on stderr per request */
+  int prefetch; /* pages requested ahead while iterating */
+  int log;      /* a line on stderr per request */
   double retry_base;
-  uint64_t rng;     /* xorshift state for backoff jitter */
+  uint64_t rng; /* xorshift state for backoff jitter */
   int closed;
 } osvi_client;
 

@@ -24,20 +24,20 @@ typedef struct slot {
   osvi_http http;
   lua_Integer page; /* the page this slot is for (0: none) */
   int state;
-  int attempt;      /* attempts made for the page */
-  double due;       /* SLOT_WAITING: when to try again (monotonic seconds) */
-  CURLcode rc;      /* SLOT_DONE: how the last attempt ended */
+  int attempt; /* attempts made for the page */
+  double due;  /* SLOT_WAITING: when to try again (monotonic seconds) */
+  CURLcode rc; /* SLOT_DONE: how the last attempt ended */
   long status;
-  double started;   /* when the page was first asked for */
+  double started; /* when the page was first asked for */
 } slot;
 
 struct osvi_pool {
   CURLM *multi;
   osvi_client *client;
-  int n;               /* slots */
-  int allowed;         /* requests in flight allowed now; a 429 halves it */
-  int busy;            /* held by a cursor */
-  lua_Integer next;    /* the next page not yet asked for */
+  int n;            /* slots */
+  int allowed;      /* requests in flight allowed now; a 429 halves it */
+  int busy;         /* held by a cursor */
+  lua_Integer next; /* the next page not yet asked for */
   slot slots[OSVI_MAX_PREFETCH + 1];
 };
 
@@ -54,7 +54,8 @@ double osvi_now(void) {
 ** --------------------------------------------------------------------- */
 
 static void stop(osvi_pool *p, slot *s) {
-  if (s->state == SLOT_RUNNING) curl_multi_remove_handle(p->multi, s->http.easy);
+  if (s->state == SLOT_RUNNING)
+    curl_multi_remove_handle(p->multi, s->http.easy);
   s->state = SLOT_IDLE;
   s->page = 0;
 }
@@ -89,7 +90,8 @@ osvi_pool *osvi_pool_new(lua_State *L, int cidx, int n) {
   memset(p, 0, sizeof *p); /* empty and consistent before acquiring */
   luaL_setmetatable(L, OSVI_POOL_MT);
   p->multi = curl_multi_init();
-  if (p->multi == NULL) luaL_error(L, "libcurl could not create a multi handle");
+  if (p->multi == NULL)
+    luaL_error(L, "libcurl could not create a multi handle");
   for (i = 0; i < n; i++) {
     const char *err = osvi_http_dup(&p->slots[i].http, &c->http);
     p->n = i + 1; /* so that __gc frees what exists */

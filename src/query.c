@@ -36,17 +36,17 @@ static int check_per_page(lua_State *L, int v, const char *key,
 static int check_limit(lua_State *L, int v, const char *key, check_state *st);
 
 /* name, check — in the order the query string is built */
-#define OSVI_FILTERS(X)              \
-  X(status, check_status)            \
-  X(agent_uuid, check_agent)         \
-  X(campaign_id, check_id)           \
-  X(campaign_upload_id, check_id)    \
-  X(phone_number, check_phone)       \
-  X(call_type, check_call_type)      \
-  X(start_date, check_date)          \
-  X(end_date, check_date)            \
-  X(page, check_page)                \
-  X(per_page, check_per_page)        \
+#define OSVI_FILTERS(X)           \
+  X(status, check_status)         \
+  X(agent_uuid, check_agent)      \
+  X(campaign_id, check_id)        \
+  X(campaign_upload_id, check_id) \
+  X(phone_number, check_phone)    \
+  X(call_type, check_call_type)   \
+  X(start_date, check_date)       \
+  X(end_date, check_date)         \
+  X(page, check_page)             \
+  X(per_page, check_per_page)     \
   X(limit, check_limit)
 
 static const struct {
@@ -54,15 +54,14 @@ static const struct {
   check_fn check;
 } filters[] = {
 #define OSVI_FILTER_ROW(name, fn) {#name, fn},
-  OSVI_FILTERS(OSVI_FILTER_ROW)
+    OSVI_FILTERS(OSVI_FILTER_ROW)
 #undef OSVI_FILTER_ROW
 };
 
 #define NFILTERS (sizeof(filters) / sizeof(filters[0]))
 
-static const char *const statuses[] = {"picked", "not_picked", "failed",
-                                       "busy", "voicemail", "in_progress",
-                                       NULL};
+static const char *const statuses[] = {
+    "picked", "not_picked", "failed", "busy", "voicemail", "in_progress", NULL};
 static const char *const call_types[] = {"inbound", "outbound", NULL};
 
 /* ------------------------------------------------------------------------
@@ -96,7 +95,7 @@ static int bad_value(lua_State *L, int v, const char *key,
 
 /* ASCII letters and digits, whatever the C locale says (isalnum would let
 ** a Latin-1 letter through under a Latin-1 locale). */
-#define IS_ALNUM(c) \
+#define IS_ALNUM(c)                                            \
   (((c) >= 'a' && (c) <= 'z') || ((c) >= 'A' && (c) <= 'Z') || \
    ((c) >= '0' && (c) <= '9'))
 
@@ -164,8 +163,8 @@ static void push_integer_string(lua_State *L, lua_Integer n) {
   "a comma-separated list of them or an array of them"
 
 /* Adds one status (s, len) to the buffer after checking it. */
-static void add_status(lua_State *L, luaL_Buffer *b, int *n,
-                       const char *key, const char *s, size_t len) {
+static void add_status(lua_State *L, luaL_Buffer *b, int *n, const char *key,
+                       const char *s, size_t len) {
   while (len > 0 && *s == ' ') s++, len--;
   while (len > 0 && s[len - 1] == ' ') len--;
   if (!in_list(statuses, s, len)) {
@@ -176,8 +175,7 @@ static void add_status(lua_State *L, luaL_Buffer *b, int *n,
   luaL_addlstring(b, s, len);
 }
 
-static int check_status(lua_State *L, int v, const char *key,
-                        check_state *st) {
+static int check_status(lua_State *L, int v, const char *key, check_state *st) {
   luaL_Buffer b;
   int n = 0;
   (void)st;
@@ -220,8 +218,7 @@ static int check_status(lua_State *L, int v, const char *key,
   return 1;
 }
 
-static int check_agent(lua_State *L, int v, const char *key,
-                       check_state *st) {
+static int check_agent(lua_State *L, int v, const char *key, check_state *st) {
   static const char expected[] =
       "'agent_' followed by letters, digits, '-' or '_'";
   size_t len, i;
@@ -252,8 +249,7 @@ static int check_id(lua_State *L, int v, const char *key, check_state *st) {
   return 1;
 }
 
-static int check_phone(lua_State *L, int v, const char *key,
-                       check_state *st) {
+static int check_phone(lua_State *L, int v, const char *key, check_state *st) {
   static const char expected[] =
       "a string of 1 to 15 digits with an optional leading '+'";
   size_t len, i;
@@ -283,12 +279,11 @@ static int check_call_type(lua_State *L, int v, const char *key,
   return 1;
 }
 
-#define DATE_EXPECTED                                                   \
+#define DATE_EXPECTED                                                    \
   "a date YYYY-MM-DD (IST), a timestamp YYYY-MM-DDThh:mm:ss[.fff] with " \
   "Z or +hh:mm, or integer epoch seconds"
 
-static int check_date(lua_State *L, int v, const char *key,
-                      check_state *st) {
+static int check_date(lua_State *L, int v, const char *key, check_state *st) {
   int64_t lo, hi;
   if (lua_type(L, v) == LUA_TSTRING) {
     size_t len;
@@ -319,8 +314,7 @@ static int check_date(lua_State *L, int v, const char *key,
   return 1;
 }
 
-static int check_page(lua_State *L, int v, const char *key,
-                      check_state *st) {
+static int check_page(lua_State *L, int v, const char *key, check_state *st) {
   lua_Integer n;
   if (!to_integer(L, v, &n) || n < 1)
     return bad_value(L, v, key, INTEGER_EXPECTED("a page number from 1"));
@@ -337,8 +331,7 @@ static int check_per_page(lua_State *L, int v, const char *key,
   return 0;
 }
 
-static int check_limit(lua_State *L, int v, const char *key,
-                       check_state *st) {
+static int check_limit(lua_State *L, int v, const char *key, check_state *st) {
   lua_Integer n;
   if (st->mode != OSVI_QUERY_ITERATE)
     return osvi_usage_error(L, key,
@@ -399,8 +392,8 @@ static void reject_unknown_keys(lua_State *L, int idx) {
       if (d < bestd) bestd = d, best = i;
     }
     if (best < NFILTERS)
-      osvi_usage_error_at(L, -1, "unknown filter '%s' (did you mean '%s'?)",
-                          k, filters[best].name);
+      osvi_usage_error_at(L, -1, "unknown filter '%s' (did you mean '%s'?)", k,
+                          filters[best].name);
     osvi_usage_error_at(L, -1, "unknown filter '%s'", k);
   }
 }
@@ -431,8 +424,7 @@ void osvi_query_check(lua_State *L, int idx, osvi_query_mode mode,
     int v;
     lua_getfield(L, idx, filters[i].name);
     v = lua_gettop(L);
-    if (lua_isnil(L, v) ||
-        !filters[i].check(L, v, filters[i].name, &st)) {
+    if (lua_isnil(L, v) || !filters[i].check(L, v, filters[i].name, &st)) {
       lua_settop(L, acc);
       continue;
     }
@@ -450,8 +442,8 @@ void osvi_query_check(lua_State *L, int idx, osvi_query_mode mode,
     lua_getfield(L, idx, "end_date");
     end = luaL_tolstring(L, -1, NULL);
     osvi_usage_error(L, "start_date",
-                     "filter 'start_date' (%s) is after 'end_date' (%s)",
-                     start, end);
+                     "filter 'start_date' (%s) is after 'end_date' (%s)", start,
+                     end);
   }
 }
 

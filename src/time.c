@@ -70,7 +70,7 @@ const char *osvi_time_parse(const char *s, size_t len, int64_t *lo_ms,
   day = days_from_civil(y, mo, d);
   if (len == 10) {
     *lo_ms = (day * 86400 - OSVI_IST_OFFSET) * 1000;
-    *hi_ms = *lo_ms + 86400 * 1000 - 1;
+    *hi_ms = *lo_ms + (int64_t)86400 * 1000 - 1;
     return NULL;
   }
   if (len < 19 || (s[10] != 'T' && s[10] != 't') || s[13] != ':' ||
@@ -93,8 +93,7 @@ const char *osvi_time_parse(const char *s, size_t len, int64_t *lo_ms,
     if (i == start || i - start > 9)
       return "a fraction of a second takes 1 to 9 digits";
   }
-  if (i == len)
-    return "a timestamp needs an offset: Z or +hh:mm";
+  if (i == len) return "a timestamp needs an offset: Z or +hh:mm";
   if ((s[i] == 'Z' || s[i] == 'z') && i + 1 == len) {
     off = 0;
   } else if ((s[i] == '+' || s[i] == '-') && i + 6 == len && s[i + 3] == ':') {
@@ -105,7 +104,7 @@ const char *osvi_time_parse(const char *s, size_t len, int64_t *lo_ms,
   } else {
     return "a timestamp ends with Z or +hh:mm";
   }
-  t = day * 86400 + h * 3600 + mi * 60 + sec - off;
+  t = day * 86400 + (int64_t)h * 3600 + (int64_t)mi * 60 + sec - off;
   *lo_ms = *hi_ms = t * 1000 + ms;
   return NULL;
 }
@@ -113,16 +112,18 @@ const char *osvi_time_parse(const char *s, size_t len, int64_t *lo_ms,
 int osvi_time_format_ist(int64_t t, char out[32]) {
   int y, m, d;
   int64_t local, days, rem;
-  if (t < -62135596800LL + OSVI_IST_OFFSET || t > 253402300799LL - OSVI_IST_OFFSET)
+  if (t < -62135596800LL + OSVI_IST_OFFSET ||
+      t > 253402300799LL - OSVI_IST_OFFSET)
     return -1;
   local = t + OSVI_IST_OFFSET;
   days = local >= 0 ? local / 86400 : -((-local + 86399) / 86400);
   rem = local - days * 86400;
   civil_from_days(days, &y, &m, &d);
   /* the modulos only tell the compiler the widths: every field is in range */
-  snprintf(out, 32, "%04u-%02u-%02uT%02u:%02u:%02u+05:30", (unsigned)y % 10000u,
-           (unsigned)m % 100u, (unsigned)d % 100u, (unsigned)(rem / 3600) % 100u,
-           (unsigned)(rem / 60 % 60), (unsigned)(rem % 60));
+  (void)snprintf(out, 32, "%04u-%02u-%02uT%02u:%02u:%02u+05:30",
+                 (unsigned)y % 10000u, (unsigned)m % 100u, (unsigned)d % 100u,
+                 (unsigned)(rem / 3600) % 100u, (unsigned)(rem / 60 % 60),
+                 (unsigned)(rem % 60));
   return 0;
 }
 

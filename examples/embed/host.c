@@ -69,7 +69,10 @@ static void sleep_until_ms(double t) {
   struct timespec ts;
   ts.tv_sec = (time_t)(t / 1e3);
   ts.tv_nsec = (long)((t - (double)ts.tv_sec * 1e3) * 1e6);
-  if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+  if (ts.tv_nsec >= 1000000000L) {
+    ts.tv_sec++;
+    ts.tv_nsec -= 1000000000L;
+  }
   while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
     ;
 }
@@ -123,25 +126,41 @@ static void parse_args(int argc, char **argv, options *o) {
   o->blocking = 0;
   for (i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-    if (strcmp(a, "--blocking") == 0) { o->blocking = 1; continue; }
+    if (strcmp(a, "--blocking") == 0) {
+      o->blocking = 1;
+      continue;
+    }
     if (v == NULL) goto usage;
     i++;
-    if (strcmp(a, "--url") == 0) o->url = v;
-    else if (strcmp(a, "--token") == 0) o->token = v;
-    else if (strcmp(a, "--script") == 0) o->script = v;
-    else if (strcmp(a, "--per-page") == 0) o->per_page = number_arg(a, v, 1, 100);
-    else if (strcmp(a, "--prefetch") == 0) o->prefetch = number_arg(a, v, 0, 16);
-    else if (strcmp(a, "--tick-ms") == 0) o->tick_ms = number_arg(a, v, 1, 1000);
-    else if (strcmp(a, "--bound-ms") == 0) o->bound_ms = (double)number_arg(a, v, 1, 1000);
-    else if (strcmp(a, "--max-seconds") == 0) o->max_seconds = number_arg(a, v, 1, 3600);
-    else goto usage;
+    if (strcmp(a, "--url") == 0)
+      o->url = v;
+    else if (strcmp(a, "--token") == 0)
+      o->token = v;
+    else if (strcmp(a, "--script") == 0)
+      o->script = v;
+    else if (strcmp(a, "--per-page") == 0)
+      o->per_page = number_arg(a, v, 1, 100);
+    else if (strcmp(a, "--prefetch") == 0)
+      o->prefetch = number_arg(a, v, 0, 16);
+    else if (strcmp(a, "--tick-ms") == 0)
+      o->tick_ms = number_arg(a, v, 1, 1000);
+    else if (strcmp(a, "--bound-ms") == 0)
+      o->bound_ms = (double)number_arg(a, v, 1, 1000);
+    else if (strcmp(a, "--max-seconds") == 0)
+      o->max_seconds = number_arg(a, v, 1, 3600);
+    else
+      goto usage;
   }
   if (o->url != NULL && o->token != NULL) return;
-  fprintf(stderr, "host: give --url and --token (or OSVI_BASE_URL and OSVI_API_TOKEN)\n");
+  fprintf(
+      stderr,
+      "host: give --url and --token (or OSVI_BASE_URL and OSVI_API_TOKEN)\n");
 usage:
-  fprintf(stderr, "usage: %s [--url URL] [--token TOKEN] [--script PATH] "
+  fprintf(stderr,
+          "usage: %s [--url URL] [--token TOKEN] [--script PATH] "
           "[--per-page N] [--prefetch N]\n  [--tick-ms MS] [--bound-ms MS] "
-          "[--max-seconds S] [--blocking]\n", argv[0]);
+          "[--max-seconds S] [--blocking]\n",
+          argv[0]);
   exit(EXIT_USAGE);
 }
 
@@ -232,7 +251,10 @@ int main(int argc, char **argv) {
       late++; /* preempted: other processes had the CPU */
     if (ticks == cap) {
       double *more = realloc(took, (cap = cap ? 2 * cap : 256) * sizeof *took);
-      if (more == NULL) { fprintf(stderr, "host: out of memory\n"); return 1; }
+      if (more == NULL) {
+        fprintf(stderr, "host: out of memory\n");
+        return 1;
+      }
       took = more;
     }
     took[ticks++] = t1 - t0;

@@ -259,8 +259,10 @@ static void record(const char *label, unsigned long n, int bad,
   for (i = 0; i < noutcomes; i++)
     if (strcmp(outcomes[i].label, label) == 0) break;
   if (i == noutcomes) {
-    if (noutcomes == MAX_OUTCOMES) i = MAX_OUTCOMES - 1; /* lump the rest */
-    else noutcomes++;
+    if (noutcomes == MAX_OUTCOMES)
+      i = MAX_OUTCOMES - 1; /* lump the rest */
+    else
+      noutcomes++;
     snprintf(outcomes[i].label, sizeof outcomes[i].label, "%s", label);
     outcomes[i].first_n = n;
   }
@@ -329,8 +331,8 @@ static void classify_error(lua_State *L, const run_args *a, int status,
 
 /* One run refusing request n (0: none). Returns how many growing requests
 ** it made and sets *injected. */
-static unsigned long run_once(const char *url, const char *dir,
-                              unsigned long n, int mode, int *injected) {
+static unsigned long run_once(const char *url, const char *dir, unsigned long n,
+                              int mode, int *injected) {
   alloc_state st;
   run_args a;
   lua_State *L;
@@ -365,8 +367,9 @@ static unsigned long run_once(const char *url, const char *dir,
     if (lua_tointeger(L, -1) != 12)
       record("session: completed, wrong result", n, 1, NULL);
     else if (st.injected)
-      record(st.retry_refused ? "session: completed (failure and retry absorbed)"
-                              : "session: completed (failure absorbed)",
+      record(st.retry_refused
+                 ? "session: completed (failure and retry absorbed)"
+                 : "session: completed (failure absorbed)",
              n, 0, NULL);
     else
       record("session: completed, no failure injected", n, 0, NULL);
@@ -458,8 +461,10 @@ int main(int argc, char **argv) {
     }
   }
   if (url == NULL) {
-    fprintf(stderr, "usage: %s [--once | --sticky] [--only N] [--max N] "
-            "[--leak-each] URL [MODULE_DIR]\n", argv[0]);
+    fprintf(stderr,
+            "usage: %s [--once | --sticky] [--only N] [--max N] "
+            "[--leak-each] URL [MODULE_DIR]\n",
+            argv[0]);
     return 2;
   }
   if (strncmp(url, "http://127.", 11) != 0) { /* never anything but local */
@@ -475,16 +480,18 @@ int main(int argc, char **argv) {
   /* a run with nothing refused: the session works, and its size */
   total = run_once(url, dir, 0, mode, &injected);
   if (bad_runs > 0) {
-    fprintf(stderr, "oom: the session fails even without a refused "
+    fprintf(stderr,
+            "oom: the session fails even without a refused "
             "request\n");
     return 1;
   }
   memset(outcomes, 0, sizeof outcomes);
   noutcomes = 0;
   warnings = 0;
-  fprintf(stderr, "oom: a whole run makes %lu growing requests; n = %s, "
-          "mode %s\n", total, only ? argv_only : "1, 2, 3, ...",
-          mode_names[mode]);
+  fprintf(stderr,
+          "oom: a whole run makes %lu growing requests; n = %s, "
+          "mode %s\n",
+          total, only ? argv_only : "1, 2, 3, ...", mode_names[mode]);
   verbose = only != 0;
 
   for (n = only ? only : 1;; n++) {
@@ -506,8 +513,9 @@ int main(int argc, char **argv) {
   runs = only ? 1 : n;
   printf("oom: %lu run%s (n = %lu..%lu), mode %s, outcomes:\n", runs,
          runs == 1 ? "" : "s", only ? only : 1UL, n,
-         mode == MODE_RETRY ? "refuse-retry" : mode == MODE_ONCE ? "--once"
-                                                                : "--sticky");
+         mode == MODE_RETRY  ? "refuse-retry"
+         : mode == MODE_ONCE ? "--once"
+                             : "--sticky");
   for (i = 0; i < noutcomes; i++)
     printf("  %6lu  %s (first at n = %lu)%s\n", outcomes[i].count,
            outcomes[i].label, outcomes[i].first_n,

@@ -62,7 +62,7 @@
 ** --------------------------------------------------------------------- */
 
 static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
-static long init_calls;                /* guarded by init_lock */
+static long init_calls;                    /* guarded by init_lock */
 static CURLcode (*real_global_init)(long); /* guarded by init_lock */
 
 /* osvi.so is loaded with RTLD_LOCAL, but its undefined symbols are looked up
@@ -168,8 +168,7 @@ static void fail(job *j, const char *what, lua_State *L) {
   if (L != NULL && lua_gettop(L) > 0) {
     detail = luaL_tolstring(L, -1, NULL); /* shows osvi error objects too */
   }
-  snprintf(j->msg, sizeof j->msg, "%s%s%s", what, *detail ? ": " : "",
-           detail);
+  snprintf(j->msg, sizeof j->msg, "%s%s%s", what, *detail ? ": " : "", detail);
   j->ok = 0;
 }
 
@@ -226,8 +225,7 @@ static void *thread_main(void *arg) {
   pthread_barrier_wait(&after_require);
 
   if (loaded) {
-    if (luaL_loadbuffer(L, session, sizeof session - 1, "=session") !=
-        LUA_OK) {
+    if (luaL_loadbuffer(L, session, sizeof session - 1, "=session") != LUA_OK) {
       fail(j, "loading the session script", L);
     } else {
       lua_insert(L, -2); /* script, osvi */
@@ -303,8 +301,8 @@ static int server_stats(const char *url, stats *s) {
 ** number of threads that failed. */
 static int run_round(int round, const char *url, const char *prefix,
                      lua_Integer expected_total, lua_Integer *calls,
-                     lua_Integer *requests, int *ok_threads,
-                     char *module_path, size_t module_path_size) {
+                     lua_Integer *requests, int *ok_threads, char *module_path,
+                     size_t module_path_size) {
   static job jobs[NTHREADS];
   pthread_t tids[NTHREADS];
   int i, failed = 0;
@@ -329,15 +327,16 @@ static int run_round(int round, const char *url, const char *prefix,
   for (i = 0; i < NTHREADS; i++) {
     job *j = &jobs[i];
     if (!j->ok) {
-      fprintf(stderr, "threads: round %d, thread %d failed: %s\n", round,
-              j->id, j->msg);
+      fprintf(stderr, "threads: round %d, thread %d failed: %s\n", round, j->id,
+              j->msg);
       failed++;
       continue;
     }
     if (j->total != expected_total) {
-      fprintf(stderr, "threads: round %d, thread %d saw %ld calls, the "
-              "server has %ld\n", round, j->id, (long)j->total,
-              (long)expected_total);
+      fprintf(stderr,
+              "threads: round %d, thread %d saw %ld calls, the "
+              "server has %ld\n",
+              round, j->id, (long)j->total, (long)expected_total);
       failed++;
       continue;
     }
@@ -387,26 +386,30 @@ int main(int argc, char **argv) {
     pass = 0;
     after = before;
   } else if (pass && after.requests - before.requests != requests) {
-    fprintf(stderr, "threads: the server counted %ld requests, the threads "
-            "made %ld\n", (long)(after.requests - before.requests),
-            (long)requests);
+    fprintf(stderr,
+            "threads: the server counted %ld requests, the threads "
+            "made %ld\n",
+            (long)(after.requests - before.requests), (long)requests);
     pass = 0;
   }
 
   init_count = global_init_calls();
   if (init_count != 1) {
-    fprintf(stderr, "threads: curl_global_init was called %ld times, "
-            "expected exactly 1\n", init_count);
+    fprintf(stderr,
+            "threads: curl_global_init was called %ld times, "
+            "expected exactly 1\n",
+            init_count);
     pass = 0;
   }
 
-  printf("threads: %d/%d threads ok%s, %d iterations each, %ld calls in %ld "
-         "requests on %ld connections, curl_global_init called %ld time%s: "
-         "%s\n",
-         ok_threads, NTHREADS * rounds,
-         rounds > 1 ? " (in rounds of " STRINGIFY(NTHREADS) ")" : "",
-         ITERATIONS, (long)calls, (long)(after.requests - before.requests),
-         (long)(after.connections - before.connections), init_count,
-         init_count == 1 ? "" : "s", pass ? "PASS" : "FAIL");
+  printf(
+      "threads: %d/%d threads ok%s, %d iterations each, %ld calls in %ld "
+      "requests on %ld connections, curl_global_init called %ld time%s: "
+      "%s\n",
+      ok_threads, NTHREADS * rounds,
+      rounds > 1 ? " (in rounds of " STRINGIFY(NTHREADS) ")" : "", ITERATIONS,
+      (long)calls, (long)(after.requests - before.requests),
+      (long)(after.connections - before.connections), init_count,
+      init_count == 1 ? "" : "s", pass ? "PASS" : "FAIL");
   return pass ? 0 : 1;
 }

@@ -28,7 +28,7 @@
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define GC_EVERY 256     /* full collection every N inputs */
+#define GC_EVERY 256      /* full collection every N inputs */
 #define MAX_WALK_DEPTH 80 /* normalise() refuses more than 64 levels */
 
 static const long status_table[32] = {
@@ -49,13 +49,13 @@ static struct {
   size_t len;
 } cur;
 
-#define FAIL(...)                                              \
-  do {                                                         \
-    fprintf(stderr, "fuzz_decode: invariant violated: ");      \
-    fprintf(stderr, __VA_ARGS__);                              \
+#define FAIL(...)                                                      \
+  do {                                                                 \
+    fprintf(stderr, "fuzz_decode: invariant violated: ");              \
+    fprintf(stderr, __VA_ARGS__);                                      \
     fprintf(stderr, " (status %ld, retry_after %ld, %zu-byte body)\n", \
-            cur.status, cur.retry_after, cur.len);             \
-    abort();                                                   \
+            cur.status, cur.retry_after, cur.len);                     \
+    abort();                                                           \
   } while (0)
 
 /* Runs under lua_pcall with an empty stack: returns the decoded value and
@@ -78,7 +78,8 @@ static int decode_cb(lua_State *LL) {
 /* Every value below the table at idx (keys and values): no light userdata
 ** (JSON null), no float that is integral or not finite. */
 static void walk(int idx, int depth, const char *where) {
-  if (depth > MAX_WALK_DEPTH) FAIL("%s: nested deeper than %d", where, MAX_WALK_DEPTH);
+  if (depth > MAX_WALK_DEPTH)
+    FAIL("%s: nested deeper than %d", where, MAX_WALK_DEPTH);
   if (!lua_checkstack(L, 4)) FAIL("%s: lua_checkstack failed", where);
   idx = lua_absindex(L, idx);
   if (lua_getmetatable(L, idx)) FAIL("%s: a table has a metatable", where);
@@ -99,12 +100,13 @@ static void walk(int idx, int depth, const char *where) {
           }
           break;
         case LUA_TTABLE:
-          if (i == -1) walk(i, depth + 1, where);
-          else FAIL("%s: a table used as a key", where);
+          if (i == -1)
+            walk(i, depth + 1, where);
+          else
+            FAIL("%s: a table used as a key", where);
           break;
         case LUA_TSTRING:
-        case LUA_TBOOLEAN:
-          break;
+        case LUA_TBOOLEAN: break;
         default:
           FAIL("%s: unexpected %s in the page", where, luaL_typename(L, i));
       }
@@ -127,9 +129,11 @@ static void check_page(int page) {
     lua_pop(L, 1);
   }
   if (nkeys != 2) FAIL("page has %d fields, expected data and meta", nkeys);
-  if (lua_getfield(L, page, "data") != LUA_TTABLE) FAIL("page.data is not a table");
+  if (lua_getfield(L, page, "data") != LUA_TTABLE)
+    FAIL("page.data is not a table");
   data = lua_gettop(L);
-  if (lua_getfield(L, page, "meta") != LUA_TTABLE) FAIL("page.meta is not a table");
+  if (lua_getfield(L, page, "meta") != LUA_TTABLE)
+    FAIL("page.meta is not a table");
   meta = lua_gettop(L);
 
   /* data: a sequence 1..n of tables, nothing else */
@@ -139,18 +143,22 @@ static void check_page(int page) {
     lua_Integer k;
     if (!lua_isinteger(L, -2)) FAIL("data has a non-integer key");
     k = lua_tointeger(L, -2);
-    if (k < 1 || k > n) FAIL("data has key %lld outside 1..%lld", (long long)k, (long long)n);
-    if (!lua_istable(L, -1)) FAIL("data[%lld] is a %s", (long long)k, luaL_typename(L, -1));
+    if (k < 1 || k > n)
+      FAIL("data has key %lld outside 1..%lld", (long long)k, (long long)n);
+    if (!lua_istable(L, -1))
+      FAIL("data[%lld] is a %s", (long long)k, luaL_typename(L, -1));
     count++;
     lua_pop(L, 1);
   }
-  if (count != n) FAIL("data is not a sequence (%lld values, length %lld)",
-                       (long long)count, (long long)n);
+  if (count != n)
+    FAIL("data is not a sequence (%lld values, length %lld)", (long long)count,
+         (long long)n);
   walk(data, 1, "data");
 
   /* meta: the four counters are non-negative integers */
   for (i = 0; i < 4; i++) {
-    if (lua_getfield(L, meta, counters[i]) != LUA_TNUMBER || !lua_isinteger(L, -1))
+    if (lua_getfield(L, meta, counters[i]) != LUA_TNUMBER ||
+        !lua_isinteger(L, -1))
       FAIL("meta.%s is not an integer", counters[i]);
     if (lua_tointeger(L, -1) < 0) FAIL("meta.%s is negative", counters[i]);
     lua_pop(L, 1);
@@ -188,20 +196,24 @@ static void check_error(int err) {
   /* the shared metatable, with __tostring */
   if (!lua_getmetatable(L, err)) FAIL("error object has no metatable");
   luaL_getmetatable(L, OSVI_ERROR_MT);
-  if (!lua_rawequal(L, -1, -2)) FAIL("error object's metatable is not " OSVI_ERROR_MT);
+  if (!lua_rawequal(L, -1, -2))
+    FAIL("error object's metatable is not " OSVI_ERROR_MT);
   lua_pop(L, 2);
 
-  if (lua_getfield(L, err, "kind") != LUA_TSTRING) FAIL("error.kind is not a string");
+  if (lua_getfield(L, err, "kind") != LUA_TSTRING)
+    FAIL("error.kind is not a string");
   kind = lua_tostring(L, -1);
   want = expected_kind(cur.status);
   if (want != NULL) {
-    if (strcmp(kind, want) != 0) FAIL("kind '%s' for HTTP %ld, expected '%s'", kind, cur.status, want);
+    if (strcmp(kind, want) != 0)
+      FAIL("kind '%s' for HTTP %ld, expected '%s'", kind, cur.status, want);
   } else if (strcmp(kind, "decode") != 0 && strcmp(kind, "api") != 0) {
     FAIL("kind '%s' for a 2xx, expected 'decode' or 'api'", kind);
   }
   lua_pop(L, 1);
 
-  if (lua_getfield(L, err, "message") != LUA_TSTRING) FAIL("error.message is not a string");
+  if (lua_getfield(L, err, "message") != LUA_TSTRING)
+    FAIL("error.message is not a string");
   lua_tolstring(L, -1, &len);
   if (len == 0) FAIL("error.message is empty");
   lua_pop(L, 1);
@@ -222,15 +234,13 @@ static void check_error(int err) {
       if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) != cur.retry_after)
         FAIL("error.retry_after is not %ld", cur.retry_after);
       break;
-    default:
-      FAIL("error.retry_after is a %s", luaL_typename(L, -1));
+    default: FAIL("error.retry_after is a %s", luaL_typename(L, -1));
   }
   lua_pop(L, 1);
 
   /* errors: when present, a sequence of strings (the server's strings) */
   switch (lua_getfield(L, err, "errors")) {
-    case LUA_TNIL:
-      break;
+    case LUA_TNIL: break;
     case LUA_TTABLE: {
       lua_Integer n = (lua_Integer)lua_rawlen(L, -1), count = 0;
       int t = lua_gettop(L);
@@ -251,8 +261,7 @@ static void check_error(int err) {
              (long long)count, (long long)n);
       break;
     }
-    default:
-      FAIL("error.errors is a %s", luaL_typename(L, -1));
+    default: FAIL("error.errors is a %s", luaL_typename(L, -1));
   }
   lua_pop(L, 1);
 
@@ -261,7 +270,8 @@ static void check_error(int err) {
   lua_pushvalue(L, err);
   if (lua_pcall(L, 1, 1, 0) != LUA_OK)
     FAIL("tostring(err) raised: %s", lua_tostring(L, -1));
-  if (lua_type(L, -1) != LUA_TSTRING || strncmp(lua_tostring(L, -1), "osvi: ", 6) != 0)
+  if (lua_type(L, -1) != LUA_TSTRING ||
+      strncmp(lua_tostring(L, -1), "osvi: ", 6) != 0)
     FAIL("tostring(err) does not start with 'osvi: '");
   lua_settop(L, err);
 }
@@ -285,8 +295,9 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
   if (L == NULL) abort();
   luaL_openlibs(L);
   /* Debian's lua-cjson for 5.4 first, whatever LUA_CPATH says */
-  if (luaL_dostring(L, "package.cpath = '/usr/lib/x86_64-linux-gnu/lua/5.4/?.so;'"
-                       " .. package.cpath") != LUA_OK) {
+  if (luaL_dostring(L,
+                    "package.cpath = '/usr/lib/x86_64-linux-gnu/lua/5.4/?.so;'"
+                    " .. package.cpath") != LUA_OK) {
     fprintf(stderr, "fuzz_decode: %s\n", lua_tostring(L, -1));
     abort();
   }

@@ -58,6 +58,9 @@ typedef struct {
   const char *s;
   size_t len;
 } lstr;
+/* Hand-packed data tables: clang-format 14 would put one item a line and
+** split LS into a block. */
+/* clang-format off */
 #define LS(lit) {lit, sizeof(lit) - 1}
 
 /* keys that are not filters: near misses, case, padding, NUL, long */
@@ -98,6 +101,7 @@ static const double float_edges[] = {
     -9223372036854775808.0, 1700000000.0, 253402280999.0, 253402281000.0,
     -62135577000.0, 9007199254740993.0, 1e300};
 #define NFLOAT (sizeof(float_edges) / sizeof(float_edges[0]))
+/* clang-format on */
 
 /* ------------------------------------------------------------------------
 ** Reading the program
@@ -215,13 +219,13 @@ static struct {
   size_t size;
 } cur;
 
-#define FAIL(...)                                                  \
-  do {                                                             \
-    fprintf(stderr, "fuzz_query: invariant violated: ");          \
-    fprintf(stderr, __VA_ARGS__);                                  \
-    fprintf(stderr, " (mode %s, %zu-byte input)\n",                \
+#define FAIL(...)                                                           \
+  do {                                                                      \
+    fprintf(stderr, "fuzz_query: invariant violated: ");                    \
+    fprintf(stderr, __VA_ARGS__);                                           \
+    fprintf(stderr, " (mode %s, %zu-byte input)\n",                         \
             cur.mode == OSVI_QUERY_ITERATE ? "iterate" : "page", cur.size); \
-    abort();                                                       \
+    abort();                                                                \
   } while (0)
 
 static osvi_filters out;
@@ -260,7 +264,8 @@ static void check_full(int base, int full) {
     n += snprintf(tail + n, sizeof tail - (size_t)n, "%sper_page=%lld",
                   blen > 0 || out.page > 0 ? "&" : "", (long long)out.per_page);
   tlen = strlen(tail);
-  if (flen != blen + tlen || memcmp(f, b, blen) != 0 || memcmp(f + blen, tail, tlen) != 0)
+  if (flen != blen + tlen || memcmp(f, b, blen) != 0 ||
+      memcmp(f + blen, tail, tlen) != 0)
     FAIL("full query '%s' for base '%s', page %lld, per_page %lld", f, b,
          (long long)out.page, (long long)out.per_page);
 }
@@ -271,8 +276,7 @@ static int ishex(int c) {
 
 static int unreserved(int c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-         (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_' ||
-         c == '~';
+         (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_' || c == '~';
 }
 
 /* Is filter `name` set in the filter table at ft? */
@@ -290,7 +294,8 @@ static void check_query(int ft, int q) {
   size_t len, i, nparts = 0, nset = 0;
   const char *s;
   int last = -1;
-  if (lua_type(L, q) != LUA_TSTRING) FAIL("the query is a %s", luaL_typename(L, q));
+  if (lua_type(L, q) != LUA_TSTRING)
+    FAIL("the query is a %s", luaL_typename(L, q));
   s = lua_tolstring(L, q, &len);
 
   for (i = 0; i < len; i++) {
@@ -315,27 +320,33 @@ static void check_query(int ft, int q) {
     for (eq = i; eq < end && s[eq] != '='; eq++) {}
     if (eq == end) FAIL("part without '=' in '%s'", s);
     if (eq + 1 == end) FAIL("empty value in '%s'", s);
-    if (memchr(s + eq + 1, '=', end - eq - 1)) FAIL("two '=' in a part of '%s'", s);
+    if (memchr(s + eq + 1, '=', end - eq - 1))
+      FAIL("two '=' in a part of '%s'", s);
     for (k = 0; k < NBASE; k++)
-      if (strlen(names[k]) == eq - i && memcmp(names[k], s + i, eq - i) == 0) break;
+      if (strlen(names[k]) == eq - i && memcmp(names[k], s + i, eq - i) == 0)
+        break;
     if (k == NBASE) FAIL("unknown or unsent name in '%s'", s);
     if (k <= last) FAIL("names out of order in '%s'", s);
-    if (!is_set(ft, names[k])) FAIL("'%s' in the query but not in the filters", names[k]);
+    if (!is_set(ft, names[k]))
+      FAIL("'%s' in the query but not in the filters", names[k]);
     last = k;
     nparts++;
     i = end + (end < len); /* skip '&' */
     if (end < len && end + 1 == len) FAIL("trailing '&' in '%s'", s);
   }
   for (i = 0; i < NBASE; i++) nset += (size_t)is_set(ft, names[i]);
-  if (nparts != nset) FAIL("%zu filters set but %zu in the query '%s'", nset, nparts, s);
+  if (nparts != nset)
+    FAIL("%zu filters set but %zu in the query '%s'", nset, nparts, s);
 
   /* the parts that are not sent */
   if (is_set(ft, "page") ? out.page < 1 : out.page != 0)
     FAIL("out.page is %lld", (long long)out.page);
-  if (is_set(ft, "per_page") ? (out.per_page < 1 || out.per_page > 100) : out.per_page != 0)
+  if (is_set(ft, "per_page") ? (out.per_page < 1 || out.per_page > 100)
+                             : out.per_page != 0)
     FAIL("out.per_page is %lld", (long long)out.per_page);
   if (is_set(ft, "limit")) {
-    if (cur.mode != OSVI_QUERY_ITERATE) FAIL("limit accepted for a single page");
+    if (cur.mode != OSVI_QUERY_ITERATE)
+      FAIL("limit accepted for a single page");
     if (out.limit < 0) FAIL("out.limit is %lld", (long long)out.limit);
   } else if (out.limit != -1) {
     FAIL("out.limit is %lld without limit", (long long)out.limit);
@@ -356,24 +367,29 @@ static void check_error(int ft, int e) {
   }
   if (!lua_getmetatable(L, e)) FAIL("error object has no metatable");
   luaL_getmetatable(L, OSVI_ERROR_MT);
-  if (!lua_rawequal(L, -1, -2)) FAIL("error object's metatable is not " OSVI_ERROR_MT);
+  if (!lua_rawequal(L, -1, -2))
+    FAIL("error object's metatable is not " OSVI_ERROR_MT);
   lua_pop(L, 2);
 
-  if (lua_getfield(L, e, "kind") != LUA_TSTRING || strcmp(lua_tostring(L, -1), "usage") != 0)
+  if (lua_getfield(L, e, "kind") != LUA_TSTRING ||
+      strcmp(lua_tostring(L, -1), "usage") != 0)
     FAIL("error.kind is not 'usage'");
   lua_pop(L, 1);
-  if (lua_getfield(L, e, "message") != LUA_TSTRING) FAIL("error.message is not a string");
+  if (lua_getfield(L, e, "message") != LUA_TSTRING)
+    FAIL("error.message is not a string");
   lua_tolstring(L, -1, &len);
   if (len == 0) FAIL("error.message is empty");
   lua_pop(L, 1);
-  if (lua_getfield(L, e, "status") != LUA_TNIL) FAIL("a usage error has a status");
+  if (lua_getfield(L, e, "status") != LUA_TNIL)
+    FAIL("a usage error has a status");
   lua_pop(L, 1);
 
   /* key: the filter at fault, a key of the table; absent only when the
   ** filters are not a table or have a key that is not a name */
   switch (lua_getfield(L, e, "key")) {
     case LUA_TSTRING:
-      if (!cur.have_table) FAIL("error.key '%s' without a filter table", lua_tostring(L, -1));
+      if (!cur.have_table)
+        FAIL("error.key '%s' without a filter table", lua_tostring(L, -1));
       lua_pushvalue(L, -1);
       if (lua_rawget(L, ft) == LUA_TNIL && !(cur.nul_key && allowed("key-nul")))
         FAIL("error.key '%s' is not a key of the filters", lua_tostring(L, -2));
@@ -382,8 +398,7 @@ static void check_error(int ft, int e) {
     case LUA_TNIL:
       if (cur.have_table && !cur.nonstring_key) FAIL("error.key is missing");
       break;
-    default:
-      FAIL("error.key is a %s", luaL_typename(L, -1));
+    default: FAIL("error.key is a %s", luaL_typename(L, -1));
   }
   lua_pop(L, 1);
 
@@ -453,7 +468,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         cur.nonstring_key = 1;
       } else {
         size_t len;
-        const char *k = lua_tolstring(L, -2, &len); /* a string: no conversion */
+        const char *k =
+            lua_tolstring(L, -2, &len); /* a string: no conversion */
         if (memchr(k, '\0', len) != NULL) cur.nul_key = 1;
       }
       lua_pop(L, 1);
@@ -465,7 +481,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   lua_pushvalue(L, ft);
   status = lua_pcall(L, 1, 1, 0);
   if (status == LUA_OK) {
-    if (!cur.have_table && !lua_isnil(L, ft)) FAIL("accepted a %s as filters", luaL_typename(L, ft));
+    if (!cur.have_table && !lua_isnil(L, ft))
+      FAIL("accepted a %s as filters", luaL_typename(L, ft));
     check_query(ft, 2);
     /* the same filters give the same bytes */
     {

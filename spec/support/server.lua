@@ -1139,7 +1139,8 @@ local CONTROL = {
 }
 
 local function handle_control(conn, req)
-  local route, status, body, extra = CONTROL[req.path], nil, nil, nil
+  local route = CONTROL[req.path]
+  local status, body, extra
   if not route then
     status, body = 404, error_body({ "not found" })
   elseif not route[req.method] then
