@@ -187,5 +187,8 @@ clean:
 	rm -f $(SRC:.c=.o) osvi.so
 	rm -rf build
 
+# make lint: clang-format, cppcheck, clang-tidy and luacheck (lint.mk)
+include lint.mk
+
 # make bench: every contender on the same workloads (bench/README.md)
 include bench/bench.mk

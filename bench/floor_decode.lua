@@ -14,7 +14,7 @@ local bench = require "common"
 
 local reps = math.tointeger(tonumber(arg[1] or "1"))
 
-local bodies, pages = {}, 1
+local bodies, pages = {} -- pages: from the first answer
 repeat
   local chunks = {}
   local ok, code = http.request {

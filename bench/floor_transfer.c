@@ -26,7 +26,8 @@ static size_t discard(char *data, size_t size, size_t n, void *total) {
 static void start(CURLM *m, CURL *h, long page, size_t *bytes) {
   char url[1200];
   /* the query in osvi's order: the server caches responses by their raw query string */
-  snprintf(url, sizeof url, "%s/v1/calls?page=%ld&per_page=%ld", base, page, per_page);
+  snprintf(url, sizeof url, "%s/v1/calls?page=%ld&per_page=%ld", base, page,
+           per_page);
   curl_easy_setopt(h, CURLOPT_URL, url);
   curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
   curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, discard);
@@ -38,7 +39,9 @@ static void start(CURLM *m, CURL *h, long page, size_t *bytes) {
 
 int main(int argc, char **argv) {
   if (argc < 6) {
-    fprintf(stderr, "usage: floor_transfer BASE_URL TOKEN PAGES PER_PAGE IN_FLIGHT [CA_FILE]\n");
+    fprintf(
+        stderr,
+        "usage: floor_transfer BASE_URL TOKEN PAGES PER_PAGE IN_FLIGHT [CA_FILE]\n");
     return 2;
   }
   snprintf(base, sizeof base, "%s", argv[1]);
@@ -80,12 +83,14 @@ int main(int argc, char **argv) {
       *got = 0;
       done++;
       curl_multi_remove_handle(m, h);
-      if (next <= pages) start(m, h, next++, got); /* same handle: its connection stays alive */
+      if (next <= pages)
+        start(m, h, next++, got); /* same handle: its connection stays alive */
     }
     if (done < pages) curl_multi_poll(m, NULL, 0, 1000, NULL);
   }
   printf("pages=%ld bytes=%zu\n", done, total);
-  for (long i = 0; i < in_flight; i++) if (handles[i]) curl_easy_cleanup(handles[i]);
+  for (long i = 0; i < in_flight; i++)
+    if (handles[i]) curl_easy_cleanup(handles[i]);
   curl_multi_cleanup(m);
   curl_slist_free_all(headers);
   curl_global_cleanup();

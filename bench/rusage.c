@@ -32,7 +32,10 @@ int main(int argc, char **argv) {
   }
   double start = now();
   pid_t pid = fork();
-  if (pid < 0) { perror("rusage: fork"); return 2; }
+  if (pid < 0) {
+    perror("rusage: fork");
+    return 2;
+  }
   if (pid == 0) {
     execvp(argv[1], argv + 1);
     perror("rusage: exec");
@@ -40,10 +43,13 @@ int main(int argc, char **argv) {
   }
   int st;
   struct rusage ru;
-  if (wait4(pid, &st, 0, &ru) < 0) { perror("rusage: wait4"); return 2; }
+  if (wait4(pid, &st, 0, &ru) < 0) {
+    perror("rusage: wait4");
+    return 2;
+  }
   double wall = now() - start;
   int status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-  printf("rusage %.6f %.6f %.6f %ld %d\n", wall, seconds(ru.ru_utime), seconds(ru.ru_stime),
-         ru.ru_maxrss, status);
+  printf("rusage %.6f %.6f %.6f %ld %d\n", wall, seconds(ru.ru_utime),
+         seconds(ru.ru_stime), ru.ru_maxrss, status);
   return 0;
 }

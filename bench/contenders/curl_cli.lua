@@ -7,7 +7,7 @@ local command = string.format("curl -sS --fail -H 'API-Token: %s' -H 'Accept: ap
   bench.token, bench.ca_file and " --cacert '" .. bench.ca_file .. "'" or "")
 local sum = bench.checksum()
 
-local page, pages = 1, 1
+local page, pages = 1 -- pages: from the first answer
 repeat
   local pipe = assert(io.popen(command:format(bench.page_url(page))))
   local text = pipe:read("a")

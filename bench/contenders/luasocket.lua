@@ -8,7 +8,7 @@ local bench = require "common"
 local http = bench.base_url:match("^https:") and require "ssl.https" or require "socket.http"
 local sum = bench.checksum()
 
-local page, pages = 1, 1
+local page, pages = 1 -- pages: from the first answer
 repeat
   local chunks = {}
   local ok, code = http.request {
