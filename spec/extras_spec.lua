@@ -71,6 +71,14 @@ describe("extras", function()
       end
       local _, err = osvi.decode(429, "", 30)
       assert.equal(30, err.retry_after)
+      -- the header as received: seconds, an HTTP date, garbage
+      assert.equal(7, select(2, osvi.decode(429, "", "7")).retry_after)
+      assert.equal(2, select(2, osvi.decode(429, "", 1.5)).retry_after)
+      local when = os.date("!%a, %d %b %Y %H:%M:%S GMT", os.time() + 60)
+      local secs = select(2, osvi.decode(503, "", when)).retry_after
+      assert.truthy(secs >= 58 and secs <= 60, secs)
+      assert.equal(0, select(2, osvi.decode(429, "", "Wed, 21 Oct 2015 07:28:00 GMT")).retry_after)
+      assert.is_nil(select(2, osvi.decode(429, "", "soon")).retry_after)
     end)
 
     it("lets an interrupt from the host through, instead of calling it 'not JSON'", function()

@@ -504,12 +504,21 @@ static int module_count(lua_State *L) {
 
 /* osvi.decode(status, body [, retry_after]) -> page | nil, err: the same
 ** decoding and error kinds as the built-in transport, for other transports
-** (OpenResty's cosockets or subrequests). */
+** (OpenResty's cosockets or subrequests). retry_after is the Retry-After
+** header as received (seconds or an HTTP date) or a number of seconds. */
 static int module_decode(lua_State *L) {
   size_t len;
   lua_Integer status = luaL_checkinteger(L, 1);
   const char *body = luaL_checklstring(L, 2, &len);
-  lua_Integer retry_after = luaL_optinteger(L, 3, -1);
+  lua_Integer retry_after = -1;
+  if (lua_type(L, 3) == LUA_TSTRING) {
+    size_t rlen;
+    const char *r = lua_tolstring(L, 3, &rlen);
+    retry_after = osvi_http_retry_after(r, rlen);
+  } else if (!lua_isnoneornil(L, 3)) {
+    lua_Number n = luaL_checknumber(L, 3);
+    retry_after = n >= 0 && n < 1e9 ? (lua_Integer)ceil(n) : -1;
+  }
   lua_settop(L, 3);
   if (osvi_decode_response(L, (long)status, body, len, (long)retry_after))
     return 1;

@@ -61,33 +61,37 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *ud) {
   return n;
 }
 
-/* Reads Retry-After: delta-seconds or an HTTP date. Anything else leaves
-** retry_after at -1 (unknown). */
-static void parse_retry_after(osvi_http *h, const char *v, size_t len) {
+long osvi_http_retry_after(const char *v, size_t len) {
   char buf[64];
   while (len > 0 && (v[len - 1] == '\r' || v[len - 1] == '\n' ||
                      v[len - 1] == ' ' || v[len - 1] == '\t'))
     len--;
   while (len > 0 && (*v == ' ' || *v == '\t')) v++, len--;
-  if (len == 0 || len >= sizeof buf) return;
+  if (len == 0 || len >= sizeof buf) return -1;
   memcpy(buf, v, len);
   buf[len] = '\0';
   if (buf[0] >= '0' && buf[0] <= '9') {
     long secs = 0;
     size_t i;
     for (i = 0; i < len; i++) {
-      if (buf[i] < '0' || buf[i] > '9') return;
-      if (secs > 100000000L) return; /* absurd: leave unknown */
+      if (buf[i] < '0' || buf[i] > '9') return -1;
+      if (secs > 100000000L) return -1; /* absurd: unknown */
       secs = secs * 10 + (buf[i] - '0');
     }
-    h->retry_after = secs;
+    return secs;
   } else {
     time_t when = curl_getdate(buf, NULL);
     if (when != (time_t)-1) {
       time_t now = time(NULL);
-      h->retry_after = when > now ? (long)(when - now) : 0;
+      return when > now ? (long)(when - now) : 0;
     }
   }
+  return -1;
+}
+
+/* Reads Retry-After into h->retry_after (-1 when absent or garbage). */
+static void parse_retry_after(osvi_http *h, const char *v, size_t len) {
+  h->retry_after = osvi_http_retry_after(v, len);
 }
 
 static size_t on_header(char *data, size_t size, size_t nmemb, void *ud) {
@@ -130,6 +134,13 @@ void osvi_http_budget(osvi_http *h, int n) {
 
 static const char *bind_callbacks(osvi_http *h);
 
+/* Clears the stack copy of the token header; through a volatile pointer, so
+** the compiler cannot drop the stores as dead. */
+static void wipe(char *p, size_t n) {
+  volatile char *v = p;
+  while (n-- > 0) *v++ = 0;
+}
+
 const char *osvi_http_init(osvi_http *h, const osvi_http_options *o) {
   char line[64];
   h->easy = curl_easy_init();
@@ -140,7 +151,7 @@ const char *osvi_http_init(osvi_http *h, const osvi_http_options *o) {
   /* the token header: the only place the token goes */
   (void)snprintf(line, sizeof line, "API-Token: %s", o->token);
   h->headers = curl_slist_append(h->headers, line);
-  memset(line, 0, sizeof line);
+  wipe(line, sizeof line);
   if (h->headers == NULL) return "out of memory";
   if (curl_slist_append(h->headers, "Accept: application/json") == NULL)
     return "out of memory";

@@ -146,6 +146,9 @@ CURLcode osvi_http_prepare(osvi_http *h, const char *url);
 /* Allows `n` requests to be sent from now on, counting each one libcurl
 ** sends, including its silent re-send on a reused connection found dead. */
 void osvi_http_budget(osvi_http *h, int n);
+/* Seconds to wait from a Retry-After value (delta-seconds or an HTTP date;
+** a date in the past is 0), or -1 when it is neither. */
+long osvi_http_retry_after(const char *v, size_t len);
 /* Performs one GET. *status is the HTTP status or 0 when none arrived. */
 CURLcode osvi_http_get(osvi_http *h, const char *url, long *status);
 /* Safe on a zeroed struct and safe twice. */
