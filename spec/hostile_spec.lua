@@ -163,7 +163,7 @@ describe("hostile servers", function()
 
     it("refuses the wrong shapes", function()
       for _, body in ipairs {
-        "", " ", "[]", "[1,2]", "42", '"s"', "true", "null",
+        "", " ", "[]", "[1,2]", "42", '"s"', "true", "null", "\0{", "{\0", -- UTF-16 (found by fuzzing)
         '{"success":true,"meta":{"current_page":1,"total_pages":1,"total_count":1,"per_page":25}}',
         '{"success":true,"data":[]}',
         '{"success":true,"data":"x",' .. meta .. '}',

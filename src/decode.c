@@ -76,13 +76,14 @@ static int json_decode(lua_State *L, const char *body, size_t len) {
   lua_rawgetp(L, LUA_REGISTRYINDEX, &decode_key);
   lua_pushlstring(L, body, len);
   int status = lua_pcall(L, 1, 1, 0);
-  /* Only cjson's own complaints about the text mean "not JSON" (they all
-  ** end "at character N"); anything else, out of memory or an interrupt
-  ** from the host, goes on up as it is. */
+  /* Only cjson's own complaints about the text mean "not JSON" (lua-cjson
+  ** 2.1: "... at character N", and its refusal of UTF-16/32); anything
+  ** else, out of memory or an interrupt from the host, goes on up as is. */
   if (status == LUA_ERRMEM ||
       (status != LUA_OK &&
        (lua_type(L, -1) != LUA_TSTRING ||
-        strstr(lua_tostring(L, -1), " at character ") == NULL)))
+        (strstr(lua_tostring(L, -1), " at character ") == NULL &&
+         strstr(lua_tostring(L, -1), "does not support UTF-16") == NULL))))
     lua_error(L);
   return status == LUA_OK;
 }
