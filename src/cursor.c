@@ -1,7 +1,9 @@
 /*
-** The cursor: a lazy page iterator. Page k+1 is fetched only when page k is
-** used up. The cursor is its own iterator (__call) and its own closing value,
-** so `for call in client:calls(f) do ... end` closes it on break or error.
+** The cursor: a lazy page iterator. With prefetch = 0, page k+1 is fetched
+** only when page k is used up; with prefetch = n, pages k+1..k+n are on their
+** way (prefetch.c) while the caller works through page k. The cursor is its
+** own iterator (__call) and its own closing value, so
+** `for call in client:calls(f) do ... end` closes it on break or error.
 **
 ** Uservalues of the cursor userdata:
 **   1 the client (kept alive while the cursor is open)
