@@ -191,6 +191,25 @@ describe("hostile servers", function()
       assert.equal("decode", fails(server:client()).kind)
     end)
 
+    it("names the path to a bad value, however deep", function()
+      local meta2 = ',"meta":{"current_page":1,"total_pages":1,"total_count":1,"per_page":25}}'
+      local function message(data)
+        local page, err = osvi.decode(200, '{"success":true,"data":' .. data .. meta2)
+        assert.is_nil(page)
+        return err.message
+      end
+      assert.matches("data[1].campaign_id: an integer beyond 2^53",
+        message('[{"campaign_id":9007199254740993}]'), 1, true)
+      assert.matches("data[1].a.b[3].c: a number out of range",
+        message('[{"a":{"b":[1,2,{"c":1e999}]}}]'), 1, true)
+      assert.matches("data[2]: not an object", message('[{"a":1},[2]]'), 1, true)
+      for _, depth in ipairs { 64, 65, 100, 900 } do
+        local msg = message('[{"x":' .. string.rep("[", depth) .. string.rep("]", depth) .. '}]')
+        assert.matches("^data%[1%]%.x%[1%]", msg)
+        assert.matches("nested too deeply", msg, 1, true)
+      end
+    end)
+
     it("keeps the last of duplicate keys, and strings byte for byte", function()
       server:script { { status = 200, body = page_with(
         '{"call_id":"first","call_id":"last","agent_name":"a\\u0000b","phone_number":"\255\254"}') } }

@@ -17,20 +17,31 @@ static const char decode_key = 'd'; /* registry[&decode_key] = decode fn */
 
 #define MAX_EXACT 9007199254740992.0 /* 2^53 */
 
+/* Pushes the path step for the key at `key` (".name" or "[i]") followed by
+** rest: "data[3]" .. ".campaign_id: an integer beyond 2^53 ...". */
+static void push_field(lua_State *L, int key, const char *rest) {
+  /* each level of an unwinding failure leaves its message behind: room */
+  luaL_checkstack(L, 3, "decoding a page");
+  if (lua_type(L, key) == LUA_TSTRING)
+    lua_pushfstring(L, ".%s%s", lua_tostring(L, key), rest);
+  else
+    lua_pushfstring(L, "[%s]%s", luaL_tolstring(L, key, NULL), rest);
+}
+
 /* Normalises the table at idx and everything below it; with `object`, the
 ** table must be a JSON object (string keys only). Returns 1, or 0
 ** with a message at the top of the stack (above leftovers the caller drops). */
 /* NOLINTNEXTLINE(misc-no-recursion): bounded, depth > 64 stops it */
 static int normalise(lua_State *L, int idx, int depth, int object) {
   if (depth > 64 || !lua_checkstack(L, 4)) {
-    lua_pushliteral(L, "nested too deeply");
+    lua_pushliteral(L, ": nested too deeply");
     return 0;
   }
   idx = lua_absindex(L, idx);
   lua_pushnil(L);
   while (lua_next(L, idx)) {
     if (object && lua_type(L, -2) != LUA_TSTRING) {
-      lua_pushliteral(L, "not an object");
+      lua_pushliteral(L, ": not an object");
       return 0;
     }
     switch (lua_type(L, -1)) {
@@ -43,15 +54,13 @@ static int normalise(lua_State *L, int idx, int depth, int object) {
         if (!lua_isinteger(L, -1)) {
           lua_Number x = lua_tonumber(L, -1);
           if (!isfinite(x)) {
-            lua_pushliteral(L, "a number is out of range");
+            push_field(L, lua_gettop(L) - 1, ": a number out of range");
             return 0;
           }
           if (x == floor(x)) {
             if (fabs(x) >= MAX_EXACT) {
-              lua_pushfstring(L,
-                              "the number %s cannot be represented exactly "
-                              "(beyond 2^53)",
-                              luaL_tolstring(L, -1, NULL));
+              push_field(L, lua_gettop(L) - 1,
+                         ": an integer beyond 2^53, which cannot be exact");
               return 0;
             }
             lua_pushvalue(L, -2);
@@ -60,9 +69,13 @@ static int normalise(lua_State *L, int idx, int depth, int object) {
           }
         }
         break;
-      case LUA_TTABLE:
-        if (!normalise(L, -1, depth + 1, 0)) return 0;
-        break;
+      case LUA_TTABLE: {
+        int key = lua_gettop(L) - 1;
+        if (!normalise(L, -1, depth + 1, 0)) {
+          push_field(L, key, lua_tostring(L, -1)); /* the path grows */
+          return 0;
+        }
+      } break;
       default: break;
     }
     lua_pop(L, 1);
@@ -232,7 +245,7 @@ static int check_data(lua_State *L, int data) {
       return 0;
     }
     if (!normalise(L, -1, 1, 1)) {
-      lua_pushfstring(L, "data[%I]: %s", (LUAI_UACINT)i, lua_tostring(L, -1));
+      lua_pushfstring(L, "data[%I]%s", (LUAI_UACINT)i, lua_tostring(L, -1));
       return 0;
     }
     count++;
@@ -297,8 +310,10 @@ int osvi_decode_response(lua_State *L, long status, const char *body,
     lua_pushfstring(L, "'%s' is missing or not %s",
                     lua_istable(L, data) ? "meta" : "data",
                     lua_istable(L, data) ? "an object" : "an array");
-  } else if (!normalise(L, meta, 1, 1) || !check_meta(L, meta) ||
-             !check_data(L, data) || too_many(L, data, meta)) {
+  } else if (!normalise(L, meta, 1, 1)) {
+    lua_pushfstring(L, "meta%s", lua_tostring(L, -1));
+  } else if (!check_meta(L, meta) || !check_data(L, data) ||
+             too_many(L, data, meta)) {
     /* the message is at the top */
   } else {
     lua_createtable(L, 0, 2); /* top,data,meta,page */

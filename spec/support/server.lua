@@ -681,11 +681,31 @@ local function wake_sleepers()
   for _, s in ipairs(due) do resume(s.co) end
 end
 
+-- At most this long between checks that the process that started the server
+-- is still there (see parent_gone).
+local WATCH_INTERVAL = 1
+
 local function select_timeout()
-  if #sleepers == 0 then return nil end -- nothing timed: block until a socket is ready
   local soonest = math.huge
   for _, s in ipairs(sleepers) do soonest = math.min(soonest, s.at) end
-  return math.max(0, soonest - socket.gettime())
+  return math.min(WATCH_INTERVAL, math.max(0, soonest - socket.gettime()))
+end
+
+-- The parent pid (field 4 of /proc/self/stat).
+local function parent_pid()
+  local f = io.open("/proc/self/stat")
+  if not f then return nil end
+  local stat = f:read("a")
+  f:close()
+  -- the command name (field 2) is in parentheses and may hold spaces
+  return tonumber(stat:match("%) %S+ (%d+)"))
+end
+
+-- A server whose parent died (a spec run that crashed or was killed) exits
+-- instead of living on and holding the parent's output pipes open.
+local started_by = parent_pid()
+local function parent_gone()
+  return started_by ~= nil and parent_pid() ~= started_by
 end
 
 ------------------------------------------------------------------------------
@@ -1226,7 +1246,12 @@ local function main()
 
   local ACCEPT = "accept" -- marks the listening socket in the readers set
   waitset_add(readers, server, ACCEPT)
+  local next_watch = socket.gettime() + WATCH_INTERVAL
   while running do
+    if socket.gettime() >= next_watch then
+      if parent_gone() then break end
+      next_watch = socket.gettime() + WATCH_INTERVAL
+    end
     local readable, writable = socket.select(readers.list, writers.list, select_timeout())
     for _, sock in ipairs(readable) do
       if readers.co[sock] == ACCEPT then
