@@ -283,12 +283,7 @@ describe("hostile servers", function()
   end)
 
   describe("paging anomalies", function()
-    local function body(ids, page, total)
-      local parts = {}
-      for i, id in ipairs(ids) do parts[i] = '{"call_id":"' .. id .. '"}' end
-      return string.format('{"success":true,"data":[%s],"meta":{"current_page":%d,'
-        .. '"total_pages":%d,"total_count":%d,"per_page":3}}', table.concat(parts, ","), page, total, total * 3)
-    end
+    local body = H.ids_page
     local function ids_of(filters, opts)
       local out = {}
       local ok, err = pcall(function()

@@ -280,13 +280,7 @@ describe("iteration", function()
   end)
 
   describe("calls that move across a page boundary", function()
-    local function call(id) return string.format('{"call_id":"%s","status":"picked"}', id) end
-    local function body(ids, page, total)
-      local parts = {}
-      for i, id in ipairs(ids) do parts[i] = call(id) end
-      return string.format('{"success":true,"data":[%s],"meta":{"current_page":%d,'
-        .. '"total_pages":%d,"total_count":%d,"per_page":3}}', table.concat(parts, ","), page, total, total * 3)
-    end
+    local body = H.ids_page
 
     it("are yielded once: a call of page k seen again on page k+1 is dropped", function()
       -- two new calls arrived between the requests: c and d slid from page 1 to page 2

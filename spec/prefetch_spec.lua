@@ -158,12 +158,7 @@ describe("prefetch", function()
   end)
 
   it("drops calls repeated across pages, as without prefetch", function()
-    local function body(list, page, total)
-      local parts = {}
-      for i, id in ipairs(list) do parts[i] = '{"call_id":"' .. id .. '"}' end
-      return string.format('{"success":true,"data":[%s],"meta":{"current_page":%d,'
-        .. '"total_pages":%d,"total_count":%d,"per_page":3}}', table.concat(parts, ","), page, total, total * 3)
-    end
+    local body = H.ids_page
     server:script {
       { status = 200, body = body({ "a", "b", "c" }, 1, 3) },
       { status = 200, body = body({ "b", "c", "d" }, 2, 3) },

@@ -257,15 +257,20 @@ static int cursor_call(lua_State *L) {
   }
 }
 
+/* Whether a cursor (at 1) has nothing more: closed, or past its last page
+** (then closed now). */
+static int at_end(lua_State *L, osvi_cursor *k) {
+  if (k->closed) return 1;
+  if (!k->last) return 0;
+  cursor_close(L);
+  return 1;
+}
+
 /* cur:next_page() -> {data, meta} or nil after the last page. */
 static int cursor_next_page(lua_State *L) {
   osvi_cursor *k = check_cursor(L, 1);
   lua_settop(L, 1);
-  if (k->closed) return 0;
-  if (k->last) {
-    cursor_close(L);
-    return 0;
-  }
+  if (at_end(L, k)) return 0;
   load_page(L, 1, k, 1);
   k->index = k->count; /* handed out as a page, not one by one */
   return 1;
@@ -279,11 +284,7 @@ static int cursor_next_page(lua_State *L) {
 static int cursor_poll(lua_State *L) {
   osvi_cursor *k = check_cursor(L, 1);
   lua_settop(L, 1);
-  if (k->closed) return 0;
-  if (k->last) {
-    cursor_close(L);
-    return 0;
-  }
+  if (at_end(L, k)) return 0;
   if (!load_page(L, 1, k, 0)) {
     lua_pushboolean(L, 0);
     return 1;

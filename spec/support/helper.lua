@@ -169,5 +169,14 @@ function M.page_body(calls, meta)
   return cjson.encode({ success = true, data = calls, meta = meta })
 end
 
+--- A page body of calls that have only a call_id, per_page 3: for scripts
+--- of the paging anomalies and repeats across page boundaries.
+function M.ids_page(ids, page, total)
+  local parts = {}
+  for i, id in ipairs(ids) do parts[i] = '{"call_id":"' .. id .. '"}' end
+  return string.format('{"success":true,"data":[%s],"meta":{"current_page":%d,'
+    .. '"total_pages":%d,"total_count":%d,"per_page":3}}', table.concat(parts, ","), page, total, total * 3)
+end
+
 M.json = cjson
 return M
