@@ -6,7 +6,6 @@
 -- within what all of them have.
 local H = require "spec.support.helper"
 local osvi = require "osvi"
-local socket = require "socket"
 local cjson = require "cjson"
 
 -- the same build of osvi.so as the spec itself (OSVI_CPATH in make check)
@@ -135,13 +134,7 @@ local function queries()
   return t
 end
 
--- A port of 127.0.0.1 with nothing listening: bound by the system, then closed.
-local function closed_port()
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return port
-end
+local closed_port = H.closed_port
 
 describe("osvi-calls", function()
   setup(function()

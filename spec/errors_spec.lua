@@ -7,9 +7,7 @@ local socket = require "socket"
 local server
 
 local function fails(client, filters)
-  local page, err = client:page(filters or {})
-  assert.is_nil(page)
-  assert.equal("table", type(err))
+  local err = H.fails(client, filters)
   assert.equal("osvi.Error", getmetatable(err).__name)
   return err
 end
@@ -190,10 +188,7 @@ describe("errors", function()
     end)
 
     it("a refused connection is network", function()
-      local s = socket.bind("127.0.0.1", 0)
-      local _, port = s:getsockname()
-      s:close()
-      local c = osvi.new { token = H.TOKEN, base_url = "http://127.0.0.1:" .. port, retry_base = 0 }
+      local c = osvi.new { token = H.TOKEN, base_url = "http://127.0.0.1:" .. H.closed_port(), retry_base = 0 }
       local err = fails(c)
       assert.equal("network", err.kind)
       assert.equal(3, err.attempts)

@@ -7,12 +7,7 @@ local socket = require "socket"
 
 local server
 
-local function fails(client, filters)
-  local page, err = client:page(filters or {})
-  assert.is_nil(page)
-  assert.equal("table", type(err))
-  return err
-end
+local fails = H.fails
 
 local function vm(field)
   for line in io.lines("/proc/self/status") do
@@ -64,10 +59,7 @@ describe("hostile servers", function()
         assert.falsy(tostring(err):find(token, 1, true))
       end
       assert.falsy(tostring(c):find(token, 1, true))
-      local closed = assert(socket.bind("127.0.0.1", 0))
-      local _, port = closed:getsockname()
-      closed:close() -- a port nobody listens on
-      local bad = osvi.new { token = "xxxxxxxxxxxxxxxx", base_url = "http://127.0.0.1:" .. port,
+      local bad = osvi.new { token = "xxxxxxxxxxxxxxxx", base_url = "http://127.0.0.1:" .. H.closed_port(),
                              max_retries = 0 }
       assert.falsy(tostring(fails(bad)):find("xxxxxxxx", 1, true))
     end)

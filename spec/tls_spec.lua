@@ -10,12 +10,7 @@ local function sh(cmd)
   assert(H.execute(cmd .. " >/dev/null 2>&1"), cmd)
 end
 
-local function free_port()
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, p = s:getsockname()
-  s:close()
-  return tonumber(p)
-end
+local free_port = H.closed_port
 
 describe("TLS", function()
   setup(function()

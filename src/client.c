@@ -270,8 +270,9 @@ osvi_client *osvi_client_check(lua_State *L, int idx) {
 
 osvi_pool *osvi_client_pool(lua_State *L, int cidx) {
   osvi_pool *p;
+  osvi_client *c;
   cidx = lua_absindex(L, cidx);
-  osvi_client_check(L, cidx);
+  c = osvi_client_check(L, cidx);
   if (lua_getiuservalue(L, cidx, 1) == LUA_TUSERDATA) {
     p = lua_touserdata(L, -1);
     if (!osvi_pool_busy(p)) return p;
@@ -279,9 +280,7 @@ osvi_pool *osvi_client_pool(lua_State *L, int cidx) {
   lua_pop(L, 1);
   /* none yet, or held by another cursor: this one gets its own */
   p = osvi_pool_new(L, cidx,
-                    osvi_client_check(L, cidx)->prefetch > 0
-                        ? osvi_client_check(L, cidx)->prefetch
-                        : 1); /* poll() needs one */
+                    c->prefetch > 0 ? c->prefetch : 1); /* poll() needs one */
   if (lua_getiuservalue(L, cidx, 1) != LUA_TUSERDATA) {
     lua_pushvalue(L, -2);
     lua_setiuservalue(L, cidx, 1); /* kept for the next cursor */

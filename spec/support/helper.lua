@@ -157,6 +157,24 @@ function M.self_pid()
   return pid
 end
 
+--- A port of 127.0.0.1 with nothing listening: bound by the system, then
+--- closed (a fixed port such as 1 may be in use on a shared machine).
+function M.closed_port()
+  local s = assert(socket.bind("127.0.0.1", 0))
+  local _, port = s:getsockname()
+  s:close()
+  return tonumber(port)
+end
+
+--- client:page(filters) must fail: returns its error object.
+function M.fails(client, filters)
+  local assert = require "luassert" -- busted's, which spec files see as a global
+  local page, err = client:page(filters or {})
+  assert.is_nil(page)
+  assert.equal("table", type(err))
+  return err
+end
+
 --- Calls fn and returns the error object it raises (fails if none).
 function M.raises(fn, ...)
   local ok, err = pcall(fn, ...)
