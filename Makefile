@@ -26,7 +26,7 @@ ALL_CFLAGS = -std=c99 -D_POSIX_C_SOURCE=200809L -fPIC $(WARN) $(CFLAGS) \
 LIBFLAG ?= -shared
 LIBS    = $(CURL_LIBS) -lpthread -lm
 
-SRC = src/osvi.c src/client.c src/cursor.c src/prefetch.c src/query.c \
+SRC = src/osvi.c src/client.c src/cursor.c src/core.c src/transport.c src/query.c \
       src/http.c src/decode.c src/error.c src/time.c
 HDR = src/osvi.h src/compat.h
 # the module and its objects: ./osvi.so and src/*.o, or under $(BUILD)

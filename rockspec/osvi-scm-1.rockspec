@@ -26,7 +26,7 @@ build = {
    modules = {
       osvi = {
          sources = {
-            "src/osvi.c", "src/client.c", "src/cursor.c", "src/prefetch.c", "src/query.c",
+            "src/osvi.c", "src/client.c", "src/cursor.c", "src/core.c", "src/transport.c", "src/query.c",
             "src/http.c", "src/decode.c", "src/error.c", "src/time.c",
          },
          defines = { "_POSIX_C_SOURCE=200809L" },

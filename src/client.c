@@ -9,11 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "osvi.h"
-
-#define MAX_RETRY_AFTER 120 /* seconds: longer waits are returned, not slept */
-#define MAX_BACKOFF 60.0    /* seconds */
 
 static const char default_key = 'c'; /* registry[&default_key] = client */
 
@@ -167,12 +165,21 @@ static void check_base_url(lua_State *L, const char *u) {
 ** Construction and lifetime
 ** --------------------------------------------------------------------- */
 
+/* Closes the client: its cursors' next step raises a usage error. The
+** handle is freed at once unless a transfer of it is being read (close()
+** from a finaliser): then __gc frees it. Handles inherited across fork()
+** are abandoned, never cleaned up (they hold the parent's connections).
+** Safe twice. */
 static int client_close(lua_State *L) {
   osvi_client *c = luaL_checkudata(L, 1, OSVI_CLIENT_MT);
-  osvi_http_free(&c->http);
+  c->closed = 1;
+  lua_pushnil(L);
+  lua_setiuservalue(L, 1, 1); /* the idle pool: the collector's now */
+  if (c->http.busy) return 0;
+  if (c->pid == (long)getpid()) osvi_http_free(&c->http);
+  memset(&c->http, 0, sizeof c->http);
   free(c->base_url);
   c->base_url = NULL;
-  c->closed = 1;
   return 0;
 }
 
@@ -197,9 +204,10 @@ static int client_new(lua_State *L) {
 
   /* Created closed, with its metatable, before anything is acquired: an
   ** error from here on leaves a consistent object for __gc. */
-  c = lua_newuserdatauv(L, sizeof *c, 1); /* uservalue: the prefetch pool */
+  c = lua_newuserdatauv(L, sizeof *c, 1); /* uservalue: the idle pool */
   memset(c, 0, sizeof *c);
   c->closed = 1;
+  c->pid = (long)getpid();
   luaL_setmetatable(L, OSVI_CLIENT_MT);
 
   memset(&o, 0, sizeof o);
@@ -262,31 +270,76 @@ static int client_new(lua_State *L) {
   return 1;
 }
 
+const char *osvi_client_renew(osvi_client *c) {
+  osvi_http fresh;
+  const char *err;
+  if (c->pid == (long)getpid()) return NULL;
+  /* a copy of the settings with a connection cache of its own; the old
+  ** handle is left as it is (its memory is this process's copy) */
+  memset(&fresh, 0, sizeof fresh);
+  err = osvi_http_dup(&fresh, &c->http);
+  if (err != NULL) {
+    osvi_http_free(&fresh);
+    return err;
+  }
+  c->http = fresh;
+  c->pid = (long)getpid();
+  return NULL;
+}
+
 osvi_client *osvi_client_check(lua_State *L, int idx) {
   osvi_client *c = luaL_checkudata(L, idx, OSVI_CLIENT_MT);
+  const char *err;
   if (c->closed) osvi_usage_error(L, NULL, "the client is closed");
+  if (c->http.busy)
+    osvi_usage_error(L, NULL,
+                     "the client is in the middle of a request (used again "
+                     "from a finaliser?)");
+  if (c->pid != (long)getpid()) {
+    lua_pushnil(L); /* the idle pool is the parent's */
+    lua_setiuservalue(L, idx, 1);
+    err = osvi_client_renew(c);
+    if (err != NULL) luaL_error(L, "osvi: after fork(): %s", err);
+  }
   return c;
 }
 
-osvi_pool *osvi_client_pool(lua_State *L, int cidx) {
-  osvi_pool *p;
-  osvi_client *c;
+void osvi_client_policy(osvi_client *c, osvi_core_policy *p) {
+  uint64_t x = c->rng;
+  x ^= x << 13;
+  x ^= x >> 7;
+  x ^= x << 17;
+  c->rng = x;
+  p->prefetch = c->prefetch;
+  p->max_retries = c->max_retries;
+  p->retry_base = c->retry_base;
+  p->seed = x;
+}
+
+osvi_pool *osvi_client_take_pool(lua_State *L, int cidx, int n) {
+  osvi_client *c = osvi_client_check(L, cidx);
   cidx = lua_absindex(L, cidx);
-  c = osvi_client_check(L, cidx);
   if (lua_getiuservalue(L, cidx, 1) == LUA_TUSERDATA) {
-    p = lua_touserdata(L, -1);
-    if (!osvi_pool_busy(p)) return p;
+    osvi_pool *p = lua_touserdata(L, -1);
+    lua_pushnil(L);
+    lua_setiuservalue(L, cidx, 1); /* the cursor's now */
+    if (osvi_pool_usable(p) && osvi_pool_size(p) == n) return p;
   }
   lua_pop(L, 1);
-  /* none yet, or held by another cursor: this one gets its own */
-  p = osvi_pool_new(L, cidx,
-                    c->prefetch > 0 ? c->prefetch : 1); /* poll() needs one */
-  if (lua_getiuservalue(L, cidx, 1) != LUA_TUSERDATA) {
-    lua_pushvalue(L, -2);
+  return osvi_pool_new(L, &c->http, n);
+}
+
+void osvi_client_give_pool(lua_State *L, int cidx, int pidx) {
+  osvi_client *c = luaL_testudata(L, cidx, OSVI_CLIENT_MT);
+  osvi_pool *p = lua_touserdata(L, pidx);
+  pidx = lua_absindex(L, pidx);
+  osvi_pool_stop(p);
+  if (c == NULL || c->closed || !osvi_pool_usable(p)) return;
+  if (lua_getiuservalue(L, cidx, 1) == LUA_TNIL) {
+    lua_pushvalue(L, pidx);
     lua_setiuservalue(L, cidx, 1); /* kept for the next cursor */
   }
   lua_pop(L, 1);
-  return p;
 }
 
 static int client_tostring(lua_State *L) {
@@ -308,189 +361,39 @@ void osvi_client_push_default(lua_State *L) {
 }
 
 /* ------------------------------------------------------------------------
-** Fetching with retries
-** --------------------------------------------------------------------- */
-
-static double jitter01(osvi_client *c) {
-  uint64_t x = c->rng;
-  x ^= x << 13;
-  x ^= x >> 7;
-  x ^= x << 17;
-  c->rng = x;
-  return (double)(x >> 11) / 9007199254740992.0;
-}
-
-static void sleep_seconds(double s) {
-  struct timespec ts;
-  if (s <= 0) return;
-  ts.tv_sec = (time_t)s;
-  ts.tv_nsec = (long)((s - (double)ts.tv_sec) * 1e9);
-  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
-}
-
-static int retryable_status(long s) {
-  return s == 408 || s == 429 || s == 500 || s == 502 || s == 503 || s == 504;
-}
-
-/* Connection failures and timeouts are worth another try; DNS and TLS
-** failures are not: they will not fix themselves in a second. */
-static int retryable_curl(CURLcode rc) {
-  switch (rc) {
-    case CURLE_COULDNT_CONNECT:
-    case CURLE_SEND_ERROR:
-    case CURLE_RECV_ERROR:
-    case CURLE_GOT_NOTHING:
-    case CURLE_PARTIAL_FILE:
-    case CURLE_OPERATION_TIMEDOUT: return 1;
-    default: return 0;
-  }
-}
-
-int osvi_client_retry(osvi_client *c, const osvi_http *h, CURLcode rc,
-                      long status, int attempt, double *delay) {
-  int retry = rc == CURLE_OK ? retryable_status(status)
-                             : retryable_curl(rc) && !h->too_large;
-  /* requests actually sent, counting libcurl's own re-sends, are bounded
-  ** by the budget */
-  if (!retry || attempt > c->max_retries || h->sent >= h->budget) return 0;
-  if (h->retry_after > MAX_RETRY_AFTER) return 0; /* returned, not slept */
-  if (h->retry_after >= 0) {
-    *delay = (double)h->retry_after;
-  } else {
-    double d = c->retry_base * pow(2.0, attempt - 1);
-    if (d > MAX_BACKOFF) d = MAX_BACKOFF;
-    *delay = d / 2 + d / 2 * jitter01(c);
-  }
-  return 1;
-}
-
-/* Pushes the error object for a transfer that did not complete. */
-static void push_curl_error(lua_State *L, const osvi_http *h, CURLcode rc,
-                            long status) {
-  const char *detail = h->errbuf[0] ? h->errbuf : curl_easy_strerror(rc);
-  if (h->too_large || rc == CURLE_FILESIZE_EXCEEDED) {
-    osvi_error_push(L, OSVI_E_TOO_LARGE, status,
-                    "the response is larger than max_response_bytes (%I)",
-                    (LUAI_UACINT)h->max_bytes);
-  } else if (h->over_budget) {
-    osvi_error_push(L, OSVI_E_NETWORK, status,
-                    "the connection closed before an answer, and the "
-                    "retries are spent (1 + max_retries requests sent)");
-  } else if (h->out_of_memory) {
-    osvi_error_push(L, OSVI_E_NETWORK, status,
-                    "not enough memory for the response");
-  } else if (rc == CURLE_OPERATION_TIMEDOUT) {
-    osvi_error_push(L, OSVI_E_TIMEOUT, status, "%s", detail);
-  } else {
-    osvi_error_push(L, OSVI_E_NETWORK, status, "%s", detail);
-  }
-  lua_pushinteger(L, (lua_Integer)rc);
-  osvi_error_set(L, "curl_code");
-}
-
-int osvi_client_result(lua_State *L, const osvi_http *h, CURLcode rc,
-                       long status, int attempt, double elapsed) {
-  if (rc == CURLE_OK && osvi_decode_response(L, status, h->body ? h->body : "",
-                                             h->len, h->retry_after)) {
-    /* how the page was fetched: page.fetch = {status, attempts, elapsed} */
-    lua_createtable(L, 0, 4);
-    lua_pushinteger(L, status);
-    lua_setfield(L, -2, "status");
-    lua_pushinteger(L, h->sent > attempt ? h->sent : attempt);
-    lua_setfield(L, -2, "attempts");
-    lua_pushnumber(L, elapsed);
-    lua_setfield(L, -2, "elapsed");
-    lua_pushinteger(L, (lua_Integer)h->len);
-    lua_setfield(L, -2, "bytes");
-    lua_setfield(L, -2, "fetch");
-    return 1;
-  }
-  if (rc != CURLE_OK) push_curl_error(L, h, rc, status);
-  lua_pushinteger(L, h->sent > attempt ? h->sent : attempt);
-  osvi_error_set(L, "attempts");
-  return 0;
-}
-
-void osvi_client_log(const osvi_client *c, const osvi_http *h, CURLcode rc,
-                     long status, int attempt) {
-  char *url = NULL;
-  double secs = 0;
-  const char *path;
-  if (!c->log) return;
-  curl_easy_getinfo(h->easy, CURLINFO_EFFECTIVE_URL, &url);
-  curl_easy_getinfo(h->easy, CURLINFO_TOTAL_TIME, &secs);
-  /* the path and query only: no scheme, host or credentials; the token is
-  ** a header and never appears here */
-  path = url != NULL ? strstr(url, "/v1/calls") : NULL;
-  if (rc == CURLE_OK)
-    (void)fprintf(stderr,
-                  "osvi: GET %s -> %ld, attempt %d, %lu bytes, %.1f ms\n",
-                  path ? path : "/v1/calls", status, attempt,
-                  (unsigned long)h->len, secs * 1000);
-  else
-    (void)fprintf(stderr, "osvi: GET %s -> failed (%s), attempt %d, %.1f ms\n",
-                  path ? path : "/v1/calls", curl_easy_strerror(rc), attempt,
-                  secs * 1000);
-}
-
-void osvi_client_url(lua_State *L, osvi_client *c, const char *query) {
-  lua_pushfstring(L, "%s/v1/calls%s%s", c->base_url, *query ? "?" : "", query);
-}
-
-int osvi_client_fetch(lua_State *L, osvi_client *c, const char *query) {
-  int attempt;
-  const char *url;
-  osvi_client_url(L, c, query);
-  url = lua_tostring(L, -1);
-  double started = osvi_now();
-  osvi_http_budget(&c->http, 1 + c->max_retries);
-  for (attempt = 1;; attempt++) {
-    long status;
-    double delay;
-    CURLcode rc = osvi_http_get(&c->http, url, &status);
-    osvi_client_log(c, &c->http, rc, status, attempt);
-    if (osvi_client_retry(c, &c->http, rc, status, attempt, &delay)) {
-      sleep_seconds(delay);
-      continue;
-    }
-    lua_remove(L, -1); /* the url */
-    return osvi_client_result(L, &c->http, rc, status, attempt,
-                              osvi_now() - started);
-  }
-}
-
-/* ------------------------------------------------------------------------
 ** Lua functions
 ** --------------------------------------------------------------------- */
 
-/* One page with the client at cidx and filters at fidx: page | nil, err */
-static int page_with(lua_State *L, int cidx, int fidx) {
+/* One request through a core of its own, with the client at cidx and the
+** filters at fidx: page | nil, err. `count` asks for one call and gives
+** meta.total_count. */
+static int one_page(lua_State *L, int cidx, int fidx, int count) {
   osvi_client *c = osvi_client_check(L, cidx);
-  osvi_filters f;
-  osvi_query_check(L, fidx, OSVI_QUERY_PAGE, &f);
-  osvi_query_push_full(L, lua_tostring(L, -1), f.page, f.per_page);
-  if (osvi_client_fetch(L, c, lua_tostring(L, -1))) return 1;
-  lua_pushnil(L);
-  lua_insert(L, -2);
-  return 2;
-}
-
-static int client_page(lua_State *L) { return page_with(L, 1, 2); }
-
-/* How many calls match: one request for one call, meta.total_count. */
-static int count_with(lua_State *L, int cidx, int fidx) {
-  osvi_client *c = osvi_client_check(L, cidx);
-  osvi_filters f;
-  osvi_query_check(L, fidx, OSVI_QUERY_PAGE, &f);
-  osvi_query_push_full(L, lua_tostring(L, -1), 0, 1);
-  if (!osvi_client_fetch(L, c, lua_tostring(L, -1))) {
+  osvi_core_policy p;
+  osvi_link link;
+  int core;
+  osvi_client_policy(c, &p);
+  osvi_core_new(L, fidx, OSVI_CORE_ONE, &p);
+  if (count) osvi_core_one_page(osvi_core_check(L, -1), 0, 1);
+  core = lua_gettop(L);
+  link.base_url = c->base_url;
+  link.log = c->log;
+  if (osvi_easy_run(L, core, &c->http, &c->closed, &link) != OSVI_CORE_PAGE) {
     lua_pushnil(L);
     lua_insert(L, -2);
     return 2;
   }
-  lua_getfield(L, -1, "meta");
-  lua_getfield(L, -1, "total_count");
+  if (count) {
+    lua_getfield(L, -1, "meta");
+    lua_getfield(L, -1, "total_count");
+  }
   return 1;
+}
+
+static int client_page(lua_State *L) { return one_page(L, 1, 2, 0); }
+
+static int count_with(lua_State *L, int cidx, int fidx) {
+  return one_page(L, cidx, fidx, 1);
 }
 
 static int client_count(lua_State *L) { return count_with(L, 1, 2); }
@@ -534,7 +437,7 @@ static int client_calls(lua_State *L) {
 static int module_page(lua_State *L) {
   lua_settop(L, 1);
   osvi_client_push_default(L);
-  return page_with(L, 2, 1);
+  return one_page(L, 2, 1, 0);
 }
 
 static int module_calls(lua_State *L) {

@@ -1,44 +1,32 @@
 /*
-** The cursor: a lazy page iterator. With prefetch = 0, page k+1 is fetched
-** only when page k is used up; with prefetch = n, pages k+1..k+n are on their
-** way (prefetch.c) while the caller works through page k. The cursor is its
-** own iterator (__call) and its own closing value, so
-** `for call in client:calls(f) do ... end` closes it on break or error.
+** The cursor: a lazy page iterator, the Lua face of a paging core (core.c)
+** driven over libcurl (transport.c). With prefetch = 0 it asks for page k+1
+** only when page k is used up, on the client's own handle; with prefetch = n
+** the core keeps n pages on their way in a pool of transfers while the
+** caller works. The cursor is its own iterator (__call) and its own closing
+** value, so `for call in client:calls(f) do ... end` closes it on break or
+** error.
 **
-** Uservalues of the cursor userdata:
-**   1 the client (kept alive while the cursor is open)
-**   2 the frozen query (all filters but page and per_page)
-**   3 the current page's data array
-**   4 the last page's meta
-**   5 set of the call_ids of the previous page, to drop a call that moved
-**     across the page boundary because new calls arrived at the top
-**   6 the prefetch pool, while pages are on their way (prefetch > 0)
+** It owns its core and, while it iterates with a pool, the pool; it holds
+** its client (never freed under it, but maybe closed: then the next step
+** raises). A step runs Lua (decoding), and so maybe finalisers: one that
+** comes back to this cursor gets an error (use) or a deferred close, and
+** the step itself runs in protected mode so that the cursor is never left
+** marked busy.
 */
 #include <string.h>
+#include <unistd.h>
 
 #include "osvi.h"
 
-enum {
-  UV_CLIENT = 1,
-  UV_QUERY,
-  UV_DATA,
-  UV_META,
-  UV_SEEN,
-  UV_POOL,
-  UV_COUNT = UV_POOL
-};
+enum { UV_CLIENT = 1, UV_CORE, UV_DATA, UV_POOL, UV_COUNT = UV_POOL };
 
 typedef struct osvi_cursor {
-  lua_Integer page; /* the page to fetch next */
-  lua_Integer per_page;
-  lua_Integer remaining; /* calls still allowed by limit; -1: no limit */
-  lua_Integer index;     /* calls of the current data handed out */
-  lua_Integer count;     /* calls in the current data */
-  lua_Integer fetched;   /* pages fetched */
-  lua_Integer max_pages; /* bound on fetched, set from the first page */
-  lua_Integer total;     /* total_pages of the last page (0: none yet) */
-  osvi_pool *pool;       /* = uservalue UV_POOL while it is set */
-  int last;              /* no page after the current one */
+  lua_Integer index; /* calls of the current data handed out */
+  lua_Integer count; /* calls in the current data */
+  osvi_pool *pool;   /* = uservalue UV_POOL while it is held */
+  int prefetch;      /* pages ahead: with 0, the client's handle is used */
+  int busy;          /* inside a step */
   int closed;
 } osvi_cursor;
 
@@ -46,192 +34,144 @@ static osvi_cursor *check_cursor(lua_State *L, int idx) {
   return luaL_checkudata(L, idx, OSVI_CURSOR_MT);
 }
 
-static void set_uv(lua_State *L, int cur, int n) {
-  lua_setiuservalue(L, cur, n);
-}
-
-/* Releases what the cursor holds but its meta, stopping the transfers in
-** flight. Safe twice. */
+/* Gives the pool back to the client (stopping its transfers) and lets go
+** of everything. Deferred while a step runs. Safe twice. */
 static int cursor_close(lua_State *L) {
   osvi_cursor *k = check_cursor(L, 1);
   k->closed = 1;
+  if (k->busy) return 0; /* the step that runs finishes the job */
   k->index = k->count = 0;
-  if (lua_getiuservalue(L, 1, UV_POOL) == LUA_TUSERDATA)
-    osvi_pool_release(lua_touserdata(L, -1));
+  if (lua_getiuservalue(L, 1, UV_POOL) == LUA_TUSERDATA) {
+    lua_getiuservalue(L, 1, UV_CLIENT);
+    osvi_client_give_pool(L, -1, -2);
+    lua_pop(L, 1);
+  }
   lua_pop(L, 1);
-  lua_pushnil(L);
-  set_uv(L, 1, UV_POOL);
   k->pool = NULL;
   lua_pushnil(L);
-  set_uv(L, 1, UV_CLIENT);
+  lua_setiuservalue(L, 1, UV_POOL);
   lua_pushnil(L);
-  set_uv(L, 1, UV_DATA);
-  lua_pushnil(L);
-  set_uv(L, 1, UV_SEEN);
+  lua_setiuservalue(L, 1, UV_DATA);
   return 0;
 }
 
-/*
-** Drops from data (at idx, n calls) the calls whose call_id was on the
-** previous page, compacting the array in place, and pushes the set of this
-** page's ids. Returns the new count.
-*/
-static lua_Integer drop_repeats(lua_State *L, int cur, int data,
-                                lua_Integer n) {
-  lua_Integer i, kept = 0;
-  int seen, fresh;
-  lua_getiuservalue(L, cur, UV_SEEN);
-  seen = lua_gettop(L);
-  lua_createtable(L, 0, (int)n);
-  fresh = lua_gettop(L);
-  for (i = 1; i <= n; i++) {
-    int repeat = 0;
-    lua_rawgeti(L, data, i);
-    if (lua_getfield(L, -1, "call_id") == LUA_TSTRING) {
-      if (lua_istable(L, seen)) {
-        lua_pushvalue(L, -1);
-        repeat = lua_rawget(L, seen) != LUA_TNIL;
-        lua_pop(L, 1);
-      }
-      lua_pushboolean(L, 1);
-      lua_rawset(L, fresh);
-    } else {
-      lua_pop(L, 1);
-    }
-    if (repeat) {
-      lua_pop(L, 1);
-      continue;
-    }
-    lua_rawseti(L, data, ++kept);
+/* The client, checked (closed: a usage error, after letting go of the
+** transfers; after fork(): renewed). Pushes it: [-0, +1] */
+static osvi_client *step_client(lua_State *L, int cur) {
+  osvi_client *c;
+  lua_getiuservalue(L, cur, UV_CLIENT);
+  c = luaL_testudata(L, -1, OSVI_CLIENT_MT);
+  if (c == NULL || c->closed) {
+    lua_pushcfunction(L, cursor_close);
+    lua_pushvalue(L, cur);
+    lua_call(L, 1, 0);
+    osvi_usage_error(L, NULL, "the client is closed");
   }
-  for (i = kept + 1; i <= n; i++) {
+  return osvi_client_check(L, -1); /* renews the client after fork() */
+}
+
+/* The pool to use, made or taken from the client on first use; one
+** inherited across fork() is dropped (what it had in flight is asked for
+** again). Leaves the stack as it was. */
+static osvi_pool *step_pool(lua_State *L, int cur, osvi_cursor *k, int client,
+                            int core) {
+  if (k->pool != NULL && !osvi_pool_usable(k->pool)) {
+    /* finalised by the collector (a finaliser brought the cursor back), or
+    ** made by the process this one was forked from: dropped, and what it
+    ** had in flight is asked for again on a pool of this process */
+    k->pool = NULL;
     lua_pushnil(L);
-    lua_rawseti(L, data, i);
+    lua_setiuservalue(L, cur, UV_POOL);
+    osvi_core_lost(osvi_core_check(L, core));
   }
-  lua_remove(L, seen);
-  return kept;
-}
-
-/* Trims data at idx to its first `keep` calls. */
-static void truncate_data(lua_State *L, int data, lua_Integer n,
-                          lua_Integer keep) {
-  for (; n > keep; n--) {
-    lua_pushnil(L);
-    lua_rawseti(L, data, n);
+  if (k->pool == NULL) {
+    /* the pages ahead and a re-read of the head */
+    int n = (k->prefetch > 0 ? k->prefetch : 1) + 1;
+    k->pool = osvi_client_take_pool(L, client, n);
+    lua_setiuservalue(L, cur, UV_POOL);
   }
-}
-
-/* The last page worth asking for ahead: within total_pages as last seen
-** (none before the first page), and within what the limit still needs. */
-static lua_Integer last_wanted(const osvi_cursor *k) {
-  lua_Integer last = k->total;
-  if (k->remaining >= 0) {
-    lua_Integer need =
-        k->page + (k->remaining + k->per_page - 1) / k->per_page - 1;
-    if (need < last) last = need;
-  }
-  return last;
-}
-
-/* The cursor's pool (the client's, or its own while the client's is in
-** use), kept as uservalue UV_POOL; the client must be at cur + 1. */
-static osvi_pool *cursor_pool(lua_State *L, int cur, osvi_cursor *k) {
-  if (lua_getiuservalue(L, cur, UV_POOL) != LUA_TUSERDATA) {
-    lua_pop(L, 1);
-    osvi_client_pool(L, cur + 1);
-    lua_pushvalue(L, -1);
-    set_uv(L, cur, UV_POOL);
-  }
-  k->pool = lua_touserdata(L, -1);
-  lua_pop(L, 1);
   return k->pool;
 }
 
 /*
-** Fetches the next page; raises the error object on failure (the cursor
-** stays as it was, so the same page can be asked for again). Pushes the
-** page table and makes it current: [-0, +1]. With `wait` false (poll), it
-** may instead find the page not in yet: returns 0 with nothing pushed.
+** One step, in protected mode (a C function of its own): cursor at 1, mode
+** at 2 (0 load and wait, 1 load without waiting, 2 pump only). Pushes what
+** osvi_core_next_page returned as an integer, above the page or error.
 */
-static int load_page(lua_State *L, int cur, osvi_cursor *k, int wait) {
+static int step_protected(lua_State *L) {
+  osvi_cursor *k = lua_touserdata(L, 1);
+  int mode = (int)lua_tointeger(L, 2), client, core, res;
   osvi_client *c;
-  lua_Integer n, current, total;
-  int page, data, meta;
-
-  lua_getiuservalue(L, cur, UV_CLIENT);
-  c = osvi_client_check(L, -1);
-  lua_getiuservalue(L, cur, UV_QUERY);
-  if (c->prefetch > 0 || !wait) {
-    osvi_pool *pool = cursor_pool(L, cur, k);
-    int ok = osvi_pool_step(L, pool, lua_tostring(L, cur + 2), k->page,
-                            k->per_page, last_wanted(k), wait);
-    if (ok < 0) {
-      lua_settop(L, cur);
-      return 0;
-    }
-    if (!ok) lua_error(L);
+  osvi_link link;
+  lua_settop(L, 2);
+  c = step_client(L, 1);
+  client = lua_gettop(L);
+  lua_getiuservalue(L, 1, UV_CORE);
+  core = lua_gettop(L);
+  link.base_url = c->base_url;
+  link.log = c->log;
+  if (mode == 2) {
+    if (k->pool != NULL && osvi_pool_usable(k->pool))
+      osvi_pool_pump(L, core, k->pool, &link);
+    return 0;
+  }
+  if (k->prefetch > 0 || mode == 1) {
+    osvi_pool *p = step_pool(L, 1, k, client, core);
+    res = osvi_pool_run(L, core, p, &link, mode == 0);
   } else {
-    osvi_query_push_full(L, lua_tostring(L, -1), k->page, k->per_page);
-    if (!osvi_client_fetch(L, c, lua_tostring(L, -1))) lua_error(L);
+    res = osvi_easy_run(L, core, &c->http, &c->closed, &link);
   }
-  page = lua_gettop(L);
-  lua_getfield(L, page, "data");
-  data = page + 1;
-  lua_getfield(L, page, "meta");
-  meta = page + 2;
-  lua_getfield(L, meta, "current_page");
-  current = lua_tointeger(L, -1);
-  lua_getfield(L, meta, "total_pages");
-  total = lua_tointeger(L, -1);
-  lua_pop(L, 2);
-  if (current != k->page) {
-    osvi_error_push(L, OSVI_E_DECODE, 200,
-                    "asked for page %I, the server answered page %I",
-                    (LUAI_UACINT)k->page, (LUAI_UACINT)current);
-    lua_error(L);
+  lua_pushinteger(L, res);
+  return lua_gettop(L) - core; /* the page or error, and res */
+}
+
+/*
+** Runs a step (see step_protected). Returns 1 with the page pushed and made
+** current, 0 at the end (the cursor is then closed), or -1 when the page is
+** not in yet (mode 1). Raises the error of a failed step.
+*/
+static int step(lua_State *L, osvi_cursor *k, int mode) {
+  int top = lua_gettop(L), status, res;
+  if (k->closed) return 0;
+  if (k->busy)
+    osvi_usage_error(L, NULL,
+                     "the cursor is in the middle of a step (used again "
+                     "from a finaliser?)");
+  k->busy = 1;
+  lua_pushcfunction(L, step_protected);
+  lua_pushvalue(L, 1);
+  lua_pushinteger(L, mode);
+  status = lua_pcall(L, 2, LUA_MULTRET, 0);
+  k->busy = 0;
+  if (status != LUA_OK) {
+    if (k->closed) cursor_close(L); /* closed meanwhile: let go now */
+    return lua_error(L);
   }
-  /* Paging must end even if the server's total_pages grows forever: calls
-  ** arriving during a long listing may add pages, but not twice as many. */
-  if (k->fetched++ == 0) k->max_pages = 2 * total + 10;
-  if (k->fetched > k->max_pages) {
-    osvi_error_push(L, OSVI_E_DECODE, 200,
-                    "paging does not end: %I pages read, the listing had "
-                    "%I when it started",
-                    (LUAI_UACINT)k->fetched - 1,
-                    (LUAI_UACINT)(k->max_pages - 10) / 2);
-    lua_error(L);
+  if (mode == 2) {
+    lua_settop(L, top);
+    return 0;
   }
-  n = (lua_Integer)lua_rawlen(L, data);
-  k->last = n == 0 || current >= total;
-  k->total = total;
-  n = drop_repeats(L, cur, data, n);
-  set_uv(L, cur, UV_SEEN);
-  if (k->remaining >= 0) {
-    if (n > k->remaining) {
-      truncate_data(L, data, n, k->remaining);
-      n = k->remaining;
-    }
-    k->remaining -= n;
-    if (k->remaining == 0) k->last = 1;
+  res = (int)lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  if (k->closed) { /* closed by a finaliser during the step */
+    lua_settop(L, top);
+    cursor_close(L);
+    return 0;
   }
-  k->page++;
-  k->index = 0;
-  k->count = n;
-  /* now that total_pages is known: the next pages on their way */
-  if (!k->last) {
-    if (lua_getiuservalue(L, cur, UV_POOL) == LUA_TUSERDATA)
-      osvi_pool_fill(L, lua_touserdata(L, -1), lua_tostring(L, cur + 2),
-                     k->per_page, last_wanted(k));
-    lua_pop(L, 1);
+  switch (res) {
+    case OSVI_CORE_PAGE:
+      lua_getfield(L, -1, "data");
+      k->count = (lua_Integer)lua_rawlen(L, -1);
+      k->index = 0;
+      lua_setiuservalue(L, 1, UV_DATA);
+      return 1;
+    case OSVI_CORE_WAIT: lua_settop(L, top); return -1;
+    case OSVI_CORE_DONE:
+      lua_settop(L, top);
+      cursor_close(L);
+      return 0;
+    default: return lua_error(L); /* the error object */
   }
-  lua_pushvalue(L, meta);
-  set_uv(L, cur, UV_META);
-  lua_pushvalue(L, data);
-  set_uv(L, cur, UV_DATA);
-  lua_settop(L, page);
-  lua_replace(L, cur + 1);
-  lua_settop(L, cur + 1);
-  return 1;
 }
 
 /* for-loop step: the next call, or nil at the end. Raises on failure. */
@@ -240,38 +180,27 @@ static int cursor_call(lua_State *L) {
   lua_settop(L, 1);
   for (;;) {
     if (k->closed) return 0;
-    if (k->index < k->count) {
+    if (k->index < k->count && !k->busy) {
       lua_getiuservalue(L, 1, UV_DATA);
-      lua_rawgeti(L, -1, ++k->index);
+      lua_rawgeti(L, -1, ++k->index); /* cursor, data, call */
       /* now and then, move the prefetched transfers on (connects, sends,
       ** receives) while the caller works */
-      if (k->pool != NULL && (k->index & 31) == 0) osvi_pool_pump(k->pool);
+      if (k->pool != NULL && (k->index & 31) == 0) {
+        lua_replace(L, 2); /* cursor, call */
+        step(L, k, 2);
+      }
       return 1;
     }
-    if (k->last) {
-      cursor_close(L);
-      return 0;
-    }
-    load_page(L, 1, k, 1);
+    if (step(L, k, 0) == 0) return 0;
     lua_settop(L, 1);
   }
 }
 
-/* Whether a cursor (at 1) has nothing more: closed, or past its last page
-** (then closed now). */
-static int at_end(lua_State *L, osvi_cursor *k) {
-  if (k->closed) return 1;
-  if (!k->last) return 0;
-  cursor_close(L);
-  return 1;
-}
-
-/* cur:next_page() -> {data, meta} or nil after the last page. */
+/* cur:next_page() -> {data, meta, fetch} or nil after the last page. */
 static int cursor_next_page(lua_State *L) {
   osvi_cursor *k = check_cursor(L, 1);
   lua_settop(L, 1);
-  if (at_end(L, k)) return 0;
-  load_page(L, 1, k, 1);
+  if (step(L, k, 0) == 0) return 0;
   k->index = k->count; /* handed out as a page, not one by one */
   return 1;
 }
@@ -283,9 +212,11 @@ static int cursor_next_page(lua_State *L) {
 */
 static int cursor_poll(lua_State *L) {
   osvi_cursor *k = check_cursor(L, 1);
+  int r;
   lua_settop(L, 1);
-  if (at_end(L, k)) return 0;
-  if (!load_page(L, 1, k, 0)) {
+  r = step(L, k, 1);
+  if (r == 0) return 0;
+  if (r < 0) {
     lua_pushboolean(L, 0);
     return 1;
   }
@@ -295,10 +226,14 @@ static int cursor_poll(lua_State *L) {
 
 static int cursor_index(lua_State *L) {
   check_cursor(L, 1);
-  if (lua_type(L, 2) == LUA_TSTRING &&
-      strcmp(lua_tostring(L, 2), "meta") == 0) {
-    lua_getiuservalue(L, 1, UV_META);
-    return 1;
+  if (lua_type(L, 2) == LUA_TSTRING) {
+    const char *key = lua_tostring(L, 2);
+    if (strcmp(key, "meta") == 0 || strcmp(key, "stats") == 0) {
+      if (lua_getiuservalue(L, 1, UV_CORE) != LUA_TUSERDATA) return 1;
+      if (key[0] == 'm') osvi_core_push_meta(L, -1);
+      else osvi_core_push_stats(L, lua_touserdata(L, -1));
+      return 1;
+    }
   }
   lua_getmetatable(L, 1);
   lua_getfield(L, -1, "methods");
@@ -317,29 +252,27 @@ static int cursor_tostring(lua_State *L) {
 }
 
 int osvi_cursor_new(lua_State *L, int cidx, int fidx) {
-  osvi_filters f;
+  osvi_client *c;
+  osvi_core_policy p;
   osvi_cursor *k;
-  int query, cur;
+  int core, cur;
   cidx = lua_absindex(L, cidx);
-  osvi_query_check(L, fidx, OSVI_QUERY_ITERATE, &f);
-  query = lua_gettop(L);
+  fidx = lua_absindex(L, fidx);
+  c = osvi_client_check(L, cidx);
+  osvi_client_policy(c, &p);
+  osvi_core_new(L, fidx, OSVI_CORE_LIST, &p);
+  core = lua_gettop(L);
   k = lua_newuserdatauv(L, sizeof *k, UV_COUNT);
   memset(k, 0, sizeof *k);
   k->closed = 1;
   luaL_setmetatable(L, OSVI_CURSOR_MT);
   cur = lua_gettop(L);
-  k->page = f.page > 0 ? f.page : 1;
-  if (f.per_page > 0)
-    k->per_page = f.per_page;
-  else /* 100 when iterating; fewer when the limit is smaller */
-    k->per_page = f.limit > 0 && f.limit < 100 ? f.limit : 100;
-  k->remaining = f.limit;
+  k->prefetch = c->prefetch;
   lua_pushvalue(L, cidx);
-  set_uv(L, cur, UV_CLIENT);
-  lua_pushvalue(L, query);
-  set_uv(L, cur, UV_QUERY);
+  lua_setiuservalue(L, cur, UV_CLIENT);
+  lua_pushvalue(L, core);
+  lua_setiuservalue(L, cur, UV_CORE);
   k->closed = 0;
-  k->last = f.limit == 0;
   /* cursor, nil, nil, cursor: the fourth value is the for loop's closing
   ** value, so break, return or an error in the body closes the cursor */
   lua_pushnil(L);

@@ -203,11 +203,19 @@ static const char *bind_callbacks(osvi_http *h) {
 }
 
 const char *osvi_http_dup(osvi_http *h, const osvi_http *from) {
+  const struct curl_slist *l;
   h->easy = curl_easy_duphandle(from->easy);
   if (h->easy == NULL) return "libcurl could not copy a handle";
-  h->headers = NULL; /* shared with `from`, which frees it */
   h->max_bytes = from->max_bytes;
   h->retry_after = -1;
+  /* a header list of its own (the copy points at `from`'s), so that no
+  ** transfer of h ever reads memory that `from` frees */
+  for (l = from->headers; l != NULL; l = l->next) {
+    struct curl_slist *n = curl_slist_append(h->headers, l->data);
+    if (n == NULL) return "out of memory";
+    h->headers = n;
+  }
+  SETOPT(h, CURLOPT_HTTPHEADER, h->headers);
   return bind_callbacks(h);
 }
 

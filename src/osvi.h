@@ -43,7 +43,8 @@
   X(TIMEOUT, "timeout")           /* timeout, connect or stall */ \
   X(DECODE, "decode")             /* not JSON, or bad shape */    \
   X(API, "api")                   /* 200 with success:false */    \
-  X(TOO_LARGE, "too_large")       /* body over the cap */
+  X(TOO_LARGE, "too_large")       /* body over the cap */         \
+  X(INCONSISTENT, "inconsistent") /* a listing paging cannot follow */
 
 typedef enum {
 #define OSVI_KIND_ENUM(name, str) OSVI_E_##name,
@@ -121,6 +122,7 @@ typedef struct osvi_http {
   int sent;          /* requests sent since osvi_http_budget */
   int budget;        /* requests allowed; libcurl's own re-sends count */
   int over_budget;   /* a request was stopped because the budget is spent */
+  int busy;          /* a transfer runs, or its result is not read yet */
   char errbuf[CURL_ERROR_SIZE];
 } osvi_http;
 
@@ -137,8 +139,9 @@ typedef struct osvi_http_options {
 /* Creates the easy handle. Returns NULL, or a static message on failure
 ** (the struct is then still safe to pass to osvi_http_free). */
 const char *osvi_http_init(osvi_http *h, const osvi_http_options *o);
-/* Makes h a copy of the configured `from` (which must outlive it: the
-** header list is shared). Returns NULL or a static message. */
+/* Makes h a copy of the configured `from`, with a header list of its own:
+** h owns everything it points to, and `from` may go first. Returns NULL or
+** a static message (h is then still safe to pass to osvi_http_free). */
 const char *osvi_http_dup(osvi_http *h, const osvi_http *from);
 /* Prepares h for a transfer (clears the last result; url NULL keeps the
 ** last URL); curl_easy_perform or the multi interface then runs it. */
@@ -159,7 +162,7 @@ void osvi_http_global_init(void);
 ** Decoding and normalising a response (decode.c)
 ** --------------------------------------------------------------------- */
 
-double osvi_now(void); /* monotonic seconds */
+double osvi_now(void); /* monotonic seconds (time.c) */
 
 /* Turns a response into a page {data = {...}, meta = {...}} (returns 1) or
 ** an error object (returns 0); either is pushed: [-0, +1]. */
@@ -168,74 +171,157 @@ int osvi_decode_response(lua_State *L, long status, const char *body,
 int osvi_decode_open(lua_State *L);
 
 /* ------------------------------------------------------------------------
+** The paging core (core.c): what to request, which failures to retry and
+** when, and how answers become calls, exactly once and in order. No I/O:
+** a transport asks it for requests, performs them however it likes, and
+** feeds back what came. It holds no C resources (a plain userdata), so it
+** needs no finaliser and is never half-freed.
+** --------------------------------------------------------------------- */
+
+#define OSVI_CORE_MT "osvi.Core"
+#define OSVI_MAX_PREFETCH 16
+#define OSVI_DEFAULT_PREFETCH 4
+/* requests a core may have at once: the pages ahead, the head, a re-read */
+#define OSVI_CORE_SLOTS (OSVI_MAX_PREFETCH + 2)
+
+typedef struct osvi_core osvi_core;
+
+typedef enum {
+  OSVI_CORE_LIST, /* a listing: pages in order, each call once */
+  OSVI_CORE_ONE   /* one page as asked (page(), count()) */
+} osvi_core_mode;
+
+typedef struct osvi_core_policy {
+  int prefetch; /* pages requested ahead of the one being read (LIST) */
+  int max_retries;
+  double retry_base; /* seconds; the backoff doubles from there */
+  uint64_t seed;     /* for the backoff's jitter */
+} osvi_core_policy;
+
+/* What next_page found. */
+enum {
+  OSVI_CORE_PAGE,  /* a page is pushed */
+  OSVI_CORE_WAIT,  /* nothing pushed: send requests, feed answers, wait */
+  OSVI_CORE_DONE,  /* nothing pushed: the listing is over */
+  OSVI_CORE_ERROR  /* an error object is pushed */
+};
+
+/* A request the transport is to send now. */
+typedef struct osvi_core_request {
+  unsigned id; /* echoed back with its answer */
+  lua_Integer page;
+  int attempt; /* 1 for the first request of a page, 2 for its retry... */
+  int budget;  /* requests the transport may send for it, re-sends included */
+} osvi_core_request;
+
+/* Checks the filters at fidx and pushes a new core: [-0, +1]. Raises a
+** usage error naming the key on a bad filter. */
+osvi_core *osvi_core_new(lua_State *L, int fidx, osvi_core_mode mode,
+                         const osvi_core_policy *policy);
+osvi_core *osvi_core_check(lua_State *L, int idx);
+/* A core of mode ONE asks for this page and per_page (0: not sent). */
+void osvi_core_one_page(osvi_core *c, lua_Integer page, lua_Integer per_page);
+/* The next request due at `now`: fills *out, pushes its query string and
+** returns 1, or returns 0 with nothing pushed. The request is then in
+** flight until answered, failed or lost. */
+int osvi_core_next_request(lua_State *L, int core, double now,
+                           osvi_core_request *out);
+/* The answer to request `id`: the body is the string at `body` (a Lua
+** string, so that nothing the transport owns is read after Lua runs).
+** `sends` is how many requests the transport sent for it. An answer to a
+** request the core no longer waits for is ignored. [-0, +0] */
+void osvi_core_answer(lua_State *L, int core, unsigned id, long status,
+                      long retry_after, int body, int sends, double now);
+/* Request `id` got no answer: the error object at the top (popped) says
+** why; `retryable` whether another attempt may help. [-1, +0] */
+void osvi_core_failed(lua_State *L, int core, unsigned id, int retryable,
+                      int sends, double now);
+/* Every request in flight will never be answered (a transport that was
+** closed, or a process that forked): they are asked for again. */
+void osvi_core_lost(osvi_core *c);
+/* Seconds until a retry is due (0: a request can be sent now), or -1 when
+** nothing is waiting to be sent. */
+double osvi_core_timeout(const osvi_core *c, double now);
+int osvi_core_in_flight(const osvi_core *c);
+/* The next page of new calls, or WAIT, DONE or an error (see above). */
+int osvi_core_next_page(lua_State *L, int core, double now);
+/* Pushes {requests, rereads, resyncs, repeats, ...}: [-0, +1] */
+void osvi_core_push_stats(lua_State *L, const osvi_core *c);
+/* The meta of the last page handed out (or nil): [-0, +1] */
+void osvi_core_push_meta(lua_State *L, int core);
+int osvi_core_open(lua_State *L); /* osvi.core: the Lua binding */
+
+/* ------------------------------------------------------------------------
+** Transports (transport.c): move the core's requests over libcurl, easy
+** (one at a time, blocking) or multi (a pool of transfers, never blocking
+** unless asked to wait). They call the core; the core calls none of them.
+** --------------------------------------------------------------------- */
+
+typedef struct osvi_pool osvi_pool;
+
+typedef struct osvi_link {
+  const char *base_url; /* without a trailing '/' */
+  int log;              /* a line on stderr per attempt */
+} osvi_link;
+
+/* Runs the core at `core` over the easy handle h until next_page has
+** something: returns what osvi_core_next_page returned (never WAIT), with
+** what it pushed. `closed` is checked before each transfer: a client closed
+** by Lua code that ran meanwhile (a finaliser) ends the run with a usage
+** error. */
+int osvi_easy_run(lua_State *L, int core, osvi_http *h, const int *closed,
+                  const osvi_link *link);
+/* Pushes a new pool of n transfers configured like `from`: [-0, +1] */
+osvi_pool *osvi_pool_new(lua_State *L, const osvi_http *from, int n);
+/* Whether the pool can be used in this process (not finalised, not
+** inherited across fork()). */
+int osvi_pool_usable(const osvi_pool *p);
+int osvi_pool_size(const osvi_pool *p);
+/* Stops every transfer: what was in flight is forgotten. */
+void osvi_pool_stop(osvi_pool *p);
+/* Like osvi_easy_run over the pool; without `wait`, returns WAIT when
+** nothing is in yet instead of waiting for it. */
+int osvi_pool_run(lua_State *L, int core, osvi_pool *p, const osvi_link *link,
+                  int wait);
+/* Sends what the core has to send and takes in what arrived, without
+** waiting and without handing out a page. */
+void osvi_pool_pump(lua_State *L, int core, osvi_pool *p,
+                    const osvi_link *link);
+int osvi_pool_open(lua_State *L);
+
+/* ------------------------------------------------------------------------
 ** Client (client.c) and cursor (cursor.c)
 ** --------------------------------------------------------------------- */
 
-#define OSVI_MAX_PREFETCH 16
-#define OSVI_DEFAULT_PREFETCH 4
-
 typedef struct osvi_client {
-  osvi_http http; /* the sequential handle: page() and prefetch = 0 */
+  osvi_http http; /* the sequential handle: page(), count(), prefetch = 0 */
   char *base_url; /* malloc'd, without a trailing '/' */
   int max_retries;
   int prefetch; /* pages requested ahead while iterating */
   int log;      /* a line on stderr per request */
   double retry_base;
-  uint64_t rng; /* xorshift state for backoff jitter */
+  uint64_t rng; /* seeds each core's backoff jitter */
+  long pid;     /* the process that made (or last renewed) the handles */
   int closed;
 } osvi_client;
 
 osvi_client *osvi_client_check(lua_State *L, int idx);
+/* Makes the client's handles its own process's after a fork(): the
+** inherited ones are abandoned, never used or cleaned up (that would touch
+** the parent's connections). Returns NULL or a static message. */
+const char *osvi_client_renew(osvi_client *c);
+/* The core policy of the client: prefetch, retries, a fresh seed. */
+void osvi_client_policy(osvi_client *c, osvi_core_policy *p);
 /* Pushes the default client, creating it from the environment on first
 ** use: [-0, +1]. */
 void osvi_client_push_default(lua_State *L);
-/* Fetches one page with retries. Pushes the page (returns 1) or an error
-** object (returns 0): [-0, +1]. */
-int osvi_client_fetch(lua_State *L, osvi_client *c, const char *query);
-/* Pushes the URL for a query: [-0, +1]. */
-void osvi_client_url(lua_State *L, osvi_client *c, const char *query);
-/* After attempt `attempt` of a page ended with (rc, status) on h: returns 1
-** and sets *delay (seconds) when another attempt should be made. */
-int osvi_client_retry(osvi_client *c, const osvi_http *h, CURLcode rc,
-                      long status, int attempt, double *delay);
-/* Pushes the page, or the error object (with `attempts`), for the final
-** attempt on h: [-0, +1]. Returns 1 for a page. */
-int osvi_client_result(lua_State *L, const osvi_http *h, CURLcode rc,
-                       long status, int attempt, double elapsed);
-/* One line on stderr for a finished attempt, when the client logs. */
-void osvi_client_log(const osvi_client *c, const osvi_http *h, CURLcode rc,
-                     long status, int attempt);
-/* Pushes the client's prefetch pool (creating it, or a private one when
-** the client's is in use) and marks it in use: [-0, +1]. */
-struct osvi_pool *osvi_client_pool(lua_State *L, int cidx);
+/* Takes the client's idle prefetch pool (or makes one of n transfers):
+** the caller owns it until osvi_client_give_pool. [-0, +1] */
+osvi_pool *osvi_client_take_pool(lua_State *L, int cidx, int n);
+/* Gives the pool at pidx back to the client at cidx for the next cursor
+** (or leaves it to the collector when the client has one or is closed). */
+void osvi_client_give_pool(lua_State *L, int cidx, int pidx);
 int osvi_client_open(lua_State *L);
-
-/* ------------------------------------------------------------------------
-** Prefetching (prefetch.c): the next pages requested while the caller
-** works through the current one, with libcurl's multi interface.
-** --------------------------------------------------------------------- */
-
-typedef struct osvi_pool osvi_pool;
-
-/* Pushes a new pool of n transfers for the client at cidx: [-0, +1]. */
-osvi_pool *osvi_pool_new(lua_State *L, int cidx, int n);
-/* Stops every transfer in flight and frees the pool for the next user. */
-void osvi_pool_release(osvi_pool *p);
-int osvi_pool_busy(const osvi_pool *p);
-/* Pushes page `page` (returns 1) or its error object (returns 0), having
-** asked for pages up to `last` (0: only this one) to be on their way:
-** [-0, +1]. `query` is the frozen query without page and per_page. Without
-** `wait`, returns -1 with nothing pushed when the page is not in yet. */
-int osvi_pool_step(lua_State *L, osvi_pool *p, const char *query,
-                   lua_Integer page, lua_Integer per_page, lua_Integer last,
-                   int wait);
-/* Asks for the pages after the last one asked for, up to `last`, as far as
-** the pool allows: [-0, +0]. */
-void osvi_pool_fill(lua_State *L, osvi_pool *p, const char *query,
-                    lua_Integer per_page, lua_Integer last);
-/* Moves the transfers on without waiting (sends, receives, retries). */
-void osvi_pool_pump(osvi_pool *p);
-int osvi_pool_open(lua_State *L);
 
 /* client:calls(filters) with the client at `cidx`, filters at `fidx`:
 ** returns cursor, nil, nil, cursor. */

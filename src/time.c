@@ -7,8 +7,15 @@
 */
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "osvi.h"
+
+double osvi_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
 
 /* Days since 1970-01-01 of a proleptic Gregorian date. */
 static int64_t days_from_civil(int64_t y, int m, int d) {
