@@ -170,16 +170,28 @@ static void check_base_url(lua_State *L, const char *u) {
 ** from a finaliser): then __gc frees it. Handles inherited across fork()
 ** are abandoned, never cleaned up (they hold the parent's connections).
 ** Safe twice. */
+static void release(osvi_client *c) {
+  if (c->pid == (long)getpid()) osvi_http_free(&c->http);
+  memset(&c->http, 0, sizeof c->http);
+  free(c->base_url);
+  c->base_url = NULL;
+}
+
 static int client_close(lua_State *L) {
   osvi_client *c = luaL_checkudata(L, 1, OSVI_CLIENT_MT);
   c->closed = 1;
   lua_pushnil(L);
   lua_setiuservalue(L, 1, 1); /* the idle pool: the collector's now */
   if (c->http.busy) return 0;
-  if (c->pid == (long)getpid()) osvi_http_free(&c->http);
-  memset(&c->http, 0, sizeof c->http);
-  free(c->base_url);
-  c->base_url = NULL;
+  release(c);
+  return 0;
+}
+
+/* __gc: nothing can be using an unreachable client */
+static int client_gc(lua_State *L) {
+  osvi_client *c = luaL_checkudata(L, 1, OSVI_CLIENT_MT);
+  c->closed = 1;
+  release(c);
   return 0;
 }
 
@@ -271,18 +283,21 @@ static int client_new(lua_State *L) {
 }
 
 const char *osvi_client_renew(osvi_client *c) {
-  osvi_http fresh;
+  osvi_http old;
   const char *err;
   if (c->pid == (long)getpid()) return NULL;
-  /* a copy of the settings with a connection cache of its own; the old
-  ** handle is left as it is (its memory is this process's copy) */
-  memset(&fresh, 0, sizeof fresh);
-  err = osvi_http_dup(&fresh, &c->http);
+  /* a copy of the settings with a connection cache of its own, in place
+  ** (libcurl keeps pointers to the struct); the old handle, its header
+  ** list and buffer are left as they are: this process's copy of the
+  ** parent's, never used or freed again */
+  old = c->http;
+  memset(&c->http, 0, sizeof c->http);
+  err = osvi_http_dup(&c->http, &old);
   if (err != NULL) {
-    osvi_http_free(&fresh);
+    osvi_http_free(&c->http);
+    c->http = old;
     return err;
   }
-  c->http = fresh;
   c->pid = (long)getpid();
   return NULL;
 }
@@ -367,13 +382,14 @@ void osvi_client_push_default(lua_State *L) {
 /* One request through a core of its own, with the client at cidx and the
 ** filters at fidx: page | nil, err. `count` asks for one call and gives
 ** meta.total_count. */
-static int one_page(lua_State *L, int cidx, int fidx, int count) {
-  osvi_client *c = osvi_client_check(L, cidx);
+static int one_page_run(lua_State *L) {
+  osvi_client *c = lua_touserdata(L, 1);
+  int count = lua_toboolean(L, 3);
   osvi_core_policy p;
   osvi_link link;
   int core;
   osvi_client_policy(c, &p);
-  osvi_core_new(L, fidx, OSVI_CORE_ONE, &p);
+  osvi_core_new(L, 2, OSVI_CORE_ONE, &p);
   if (count) osvi_core_one_page(osvi_core_check(L, -1), 0, 1);
   core = lua_gettop(L);
   link.base_url = c->base_url;
@@ -388,6 +404,22 @@ static int one_page(lua_State *L, int cidx, int fidx, int count) {
     lua_getfield(L, -1, "total_count");
   }
   return 1;
+}
+
+/* Runs one_page_run in protected mode, so that an error (out of memory)
+** never leaves the client's handle marked busy. */
+static int one_page(lua_State *L, int cidx, int fidx, int count) {
+  osvi_client *c = osvi_client_check(L, cidx);
+  int base = lua_gettop(L), status;
+  lua_pushcfunction(L, one_page_run);
+  lua_pushvalue(L, cidx);
+  if (fidx > base) lua_pushnil(L);
+  else lua_pushvalue(L, fidx);
+  lua_pushboolean(L, count);
+  status = lua_pcall(L, 3, LUA_MULTRET, 0);
+  c->http.busy = 0;
+  if (status != LUA_OK) return lua_error(L);
+  return lua_gettop(L) - base;
 }
 
 static int client_page(lua_State *L) { return one_page(L, 1, 2, 0); }
@@ -454,7 +486,7 @@ int osvi_client_open(lua_State *L) {
                                      {NULL, NULL}};
   static const luaL_Reg meta[] = {
       {"__index", NULL},
-      {"__gc", client_close},
+      {"__gc", client_gc},
       OSVI_REG_CLOSE(client_close) /* 5.4: __close */
       {"__tostring", client_tostring},
       {NULL, NULL}};

@@ -25,6 +25,7 @@ typedef struct osvi_cursor {
   lua_Integer index; /* calls of the current data handed out */
   lua_Integer count; /* calls in the current data */
   osvi_pool *pool;   /* = uservalue UV_POOL while it is held */
+  const osvi_client *client; /* = uservalue UV_CLIENT, held for good */
   int prefetch;      /* pages ahead: with 0, the client's handle is used */
   int busy;          /* inside a step */
   int closed;
@@ -144,6 +145,11 @@ static int step(lua_State *L, osvi_cursor *k, int mode) {
   status = lua_pcall(L, 2, LUA_MULTRET, 0);
   k->busy = 0;
   if (status != LUA_OK) {
+    osvi_client *c;
+    lua_getiuservalue(L, 1, UV_CLIENT);
+    c = luaL_testudata(L, -1, OSVI_CLIENT_MT);
+    if (c != NULL) c->http.busy = 0; /* an error while a body was copied */
+    lua_pop(L, 1);
     if (k->closed) cursor_close(L); /* closed meanwhile: let go now */
     return lua_error(L);
   }
@@ -180,7 +186,7 @@ static int cursor_call(lua_State *L) {
   lua_settop(L, 1);
   for (;;) {
     if (k->closed) return 0;
-    if (k->index < k->count && !k->busy) {
+    if (k->index < k->count && !k->busy && !k->client->closed) {
       lua_getiuservalue(L, 1, UV_DATA);
       lua_rawgeti(L, -1, ++k->index); /* cursor, data, call */
       /* now and then, move the prefetched transfers on (connects, sends,
@@ -268,6 +274,7 @@ int osvi_cursor_new(lua_State *L, int cidx, int fidx) {
   luaL_setmetatable(L, OSVI_CURSOR_MT);
   cur = lua_gettop(L);
   k->prefetch = c->prefetch;
+  k->client = c;
   lua_pushvalue(L, cidx);
   lua_setiuservalue(L, cur, UV_CLIENT);
   lua_pushvalue(L, core);
