@@ -35,7 +35,7 @@ OBJ = $(if $(BUILD),$(patsubst src/%.c,$(BUILD)/%.o,$(SRC)),$(SRC:.c=.o))
 
 # Debian packages, by purpose
 PKGS_BUILD = gcc make pkg-config lua5.4 liblua5.4-dev libcurl4-openssl-dev lua-cjson
-PKGS_TEST  = $(PKGS_BUILD) lua-socket lua-busted openssl procps binutils curl
+PKGS_TEST  = $(PKGS_BUILD) lua-socket lua-busted openssl procps binutils curl lua-posix valgrind
 PKGS_DEMO  = $(PKGS_BUILD) lua-socket
 
 PORT ?= 0

@@ -28,6 +28,7 @@ typedef struct osvi_cursor {
   const osvi_client *client; /* = uservalue UV_CLIENT, held for good */
   int prefetch;      /* pages ahead: with 0, the client's handle is used */
   int busy;          /* inside a step */
+  int orphan;        /* its client was closed: every step raises */
   int closed;
 } osvi_cursor;
 
@@ -56,19 +57,10 @@ static int cursor_close(lua_State *L) {
   return 0;
 }
 
-/* The client, checked (closed: a usage error, after letting go of the
-** transfers; after fork(): renewed). Pushes it: [-0, +1] */
+/* The client, checked (after fork(): renewed). Pushes it: [-0, +1] */
 static osvi_client *step_client(lua_State *L, int cur) {
-  osvi_client *c;
   lua_getiuservalue(L, cur, UV_CLIENT);
-  c = luaL_testudata(L, -1, OSVI_CLIENT_MT);
-  if (c == NULL || c->closed) {
-    lua_pushcfunction(L, cursor_close);
-    lua_pushvalue(L, cur);
-    lua_call(L, 1, 0);
-    osvi_usage_error(L, NULL, "the client is closed");
-  }
-  return osvi_client_check(L, -1); /* renews the client after fork() */
+  return osvi_client_check(L, -1); /* raises if closed meanwhile */
 }
 
 /* The pool to use, made or taken from the client on first use; one
@@ -76,9 +68,12 @@ static osvi_client *step_client(lua_State *L, int cur) {
 ** again). Leaves the stack as it was. */
 static osvi_pool *step_pool(lua_State *L, int cur, osvi_cursor *k, int client,
                             int core) {
+  if (k->pool != NULL && osvi_pool_finalised(k->pool))
+    osvi_usage_error(L, NULL,
+                     "the cursor was collected (used from a finaliser after "
+                     "the garbage collector took its transfers)");
   if (k->pool != NULL && !osvi_pool_usable(k->pool)) {
-    /* finalised by the collector (a finaliser brought the cursor back), or
-    ** made by the process this one was forked from: dropped, and what it
+    /* made by the process this one was forked from: dropped, and what it
     ** had in flight is asked for again on a pool of this process */
     k->pool = NULL;
     lua_pushnil(L);
@@ -133,6 +128,15 @@ static int step_protected(lua_State *L) {
 */
 static int step(lua_State *L, osvi_cursor *k, int mode) {
   int top = lua_gettop(L), status, res;
+  /* a cursor whose client was closed raises, every time: ending as if the
+  ** listing were over would make a report short in silence */
+  if (k->orphan || (!k->closed && k->client->closed)) {
+    if (!k->orphan && !k->busy) {
+      k->orphan = 1;
+      cursor_close(L); /* lets go of the transfers */
+    }
+    osvi_usage_error(L, NULL, "the client is closed");
+  }
   if (k->closed) return 0;
   if (k->busy)
     osvi_usage_error(L, NULL,
@@ -159,6 +163,7 @@ static int step(lua_State *L, osvi_cursor *k, int mode) {
   }
   res = (int)lua_tointeger(L, -1);
   lua_pop(L, 1);
+  if (k->client->closed) k->orphan = 1; /* closed by a finaliser meanwhile */
   if (k->closed) { /* closed by a finaliser during the step */
     lua_settop(L, top);
     cursor_close(L);
@@ -185,7 +190,7 @@ static int cursor_call(lua_State *L) {
   osvi_cursor *k = check_cursor(L, 1);
   lua_settop(L, 1);
   for (;;) {
-    if (k->closed) return 0;
+    if (k->closed && !k->orphan) return 0;
     if (k->index < k->count && !k->busy && !k->client->closed) {
       lua_getiuservalue(L, 1, UV_DATA);
       lua_rawgeti(L, -1, ++k->index); /* cursor, data, call */

@@ -277,6 +277,9 @@ osvi_pool *osvi_pool_new(lua_State *L, const osvi_http *from, int n);
 ** inherited across fork()). */
 int osvi_pool_usable(const osvi_pool *p);
 int osvi_pool_size(const osvi_pool *p);
+/* Whether the collector has finalised the pool (a finaliser brought back
+** the cursor that held it). */
+int osvi_pool_finalised(const osvi_pool *p);
 /* Stops every transfer: what was in flight is forgotten. */
 void osvi_pool_stop(osvi_pool *p);
 /* Like osvi_easy_run over the pool; without `wait`, returns WAIT when

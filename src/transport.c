@@ -245,6 +245,10 @@ int osvi_pool_usable(const osvi_pool *p) {
 
 int osvi_pool_size(const osvi_pool *p) { return p->n; }
 
+int osvi_pool_finalised(const osvi_pool *p) {
+  return p->multi == NULL && p->pid == (long)getpid();
+}
+
 void osvi_pool_stop(osvi_pool *p) {
   int i;
   if (p->multi == NULL) return;
