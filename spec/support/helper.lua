@@ -7,6 +7,8 @@
 -- of them have, and the few differences are below.
 local CPATH = os.getenv("OSVI_CPATH") or "./?.so"
 package.cpath = CPATH .. ";" .. package.cpath
+-- the project's Lua modules (osvi.sync, resty.osvi), from the checkout
+package.path = "./lua/?.lua;./lua/?/init.lua;" .. package.path
 
 local socket = require "socket"
 local cjson = require "cjson"
@@ -117,6 +119,28 @@ function Server:script(actions)
   return self:control("POST", "/_control/script", actions)
 end
 
+--- k calls arrive now at the top of the listing (see server.lua); returns
+--- how many have arrived since the last reset.
+function Server:arrive(k)
+  return self:control("POST", "/_control/arrive", { calls = k }).arrived
+end
+
+--- How many calls have arrived since the last reset.
+function Server:arrived() return self:stats().arrived end
+
+--- The stats once no API request is being answered (a request the client
+--- gave up on may still sleep at the server, and its calls arrive after
+--- that); waits at most `timeout` seconds (default 3), then fails.
+function Server:idle(timeout)
+  local deadline = socket.gettime() + (timeout or 3)
+  while true do
+    local stats = self:stats()
+    if stats.inflight == 0 then return stats end
+    assert(socket.gettime() < deadline, "the server still answers " .. tostring(stats.inflight) .. " requests")
+    socket.sleep(0.01)
+  end
+end
+
 --- A client for this server; extra options override the defaults. Specs
 --- count requests, so nothing is prefetched unless a spec asks for it.
 function Server:client(opts)
@@ -194,6 +218,75 @@ function M.ids_page(ids, page, total)
   for i, id in ipairs(ids) do parts[i] = '{"call_id":"' .. id .. '"}' end
   return string.format('{"success":true,"data":[%s],"meta":{"current_page":%d,'
     .. '"total_pages":%d,"total_count":%d,"per_page":3}}', table.concat(parts, ","), page, total, total * 3)
+end
+
+--- A seeded generator of integers lo..hi, the same on every Lua version
+--- (Park and Miller's minimal standard: every product is exact in a double).
+function M.seeded(seed)
+  local x = seed % 2147483646 + 1
+  return function(lo, hi)
+    x = x * 48271 % 2147483647
+    return lo + x % (hi - lo + 1)
+  end
+end
+
+--- What is wrong with `got` (the call_ids a listing yielded, in order) as a
+--- listing that started when the server had the calls `before` and ended
+--- when it had `after` (both as server:calls() gives them): every call of
+--- `before` (its first `limit` calls, if given) exactly once and in its
+--- order; a call that arrived in between (in `after` only) at most once;
+--- nothing else. Returns nil when all is well, else a message with the
+--- counts of missing, repeated, misplaced and unwanted calls and the first
+--- few of each.
+function M.listing_problems(before, after, got, limit)
+  limit = math.min(limit or #before, #before)
+  local pos, known = {}, {}
+  for i, call in ipairs(before) do pos[call.call_id] = i end
+  for _, call in ipairs(after) do known[call.call_id] = true end
+  local seen, dups, unknown, misplaced, beyond, arrived = {}, {}, {}, {}, {}, 0
+  local last = 0 -- position in `before` of the last original call yielded
+  for i, id in ipairs(got) do
+    if seen[id] then
+      dups[#dups + 1] = string.format("%s (yielded %d and %d%s)", id, seen[id], i,
+        pos[id] and ", call " .. pos[id] .. " of the listing" or ", arrived")
+    else
+      seen[id] = i
+      if pos[id] then
+        if pos[id] < last then
+          misplaced[#misplaced + 1] = string.format("call %d yielded after call %d", pos[id], last)
+        end
+        if pos[id] > limit then beyond[#beyond + 1] = pos[id] end
+        last = math.max(last, pos[id])
+      elseif known[id] then
+        arrived = arrived + 1
+      else
+        unknown[#unknown + 1] = id
+      end
+    end
+  end
+  local missing = {}
+  for i = 1, limit do
+    if not seen[before[i].call_id] then missing[#missing + 1] = i end
+  end
+  if #missing + #dups + #unknown + #misplaced + #beyond == 0 then return nil end
+  local function some(list)
+    local shown = {}
+    for i = 1, math.min(#list, 5) do shown[i] = tostring(list[i]) end
+    return table.concat(shown, "; ") .. (#list > 5 and "; ..." or "")
+  end
+  local out = { string.format("%d calls yielded (%d of them arrived during the listing) for a listing of %d "
+    .. "calls at its start (%d when it ended)%s", #got, arrived, #before, #after,
+    limit < #before and ", limit " .. limit or "") }
+  if #missing > 0 then
+    out[#out + 1] = string.format("%d of the %d calls missing (at positions %s)", #missing, limit, some(missing))
+  end
+  if #beyond > 0 then
+    out[#out + 1] = string.format("%d beyond the first %d (at positions %s)", #beyond, limit, some(beyond))
+  end
+  if #dups > 0 then out[#out + 1] = string.format("%d yielded twice or more: %s", #dups, some(dups)) end
+  if #misplaced > 0 then out[#out + 1] = string.format("%d out of order: %s", #misplaced, some(misplaced)) end
+  if #unknown > 0 then out[#out + 1] = string.format("%d not calls of the server: %s", #unknown, some(unknown)) end
+  return table.concat(out, "; ")
 end
 
 M.json = cjson

@@ -16,20 +16,48 @@ API (as described in shared/api/README.md):
                            paging with page (default 1) and per_page (default 25, capped at 100).
 
 Control API (no token):
-  GET  /_control/stats     {"requests","connections","open_connections","max_inflight","log":[...]}
-  GET  /_control/calls     {"data":[every call, newest first]}
-  POST /_control/reset     zero the counters, clear the log and the fault script, restore latency
-  POST /_control/config    {"latency_ms": 20}: sleep that long before answering each API request
+  GET  /_control/stats     {"requests","connections","open_connections","max_inflight","inflight",
+                           "arrived","log":[...]}; "inflight": API requests being answered now
+                           (sleeping included), "arrived": calls that arrived since the last reset
+  GET  /_control/calls     {"data":[every call of the listing now, newest first]}
+  POST /_control/reset     zero the counters, clear the log and the fault script, restore latency,
+                           clear the other knobs of config, drop the arrived calls (back to the
+                           data set as started)
+  POST /_control/config    a JSON object of any of these (all checked first: a 400 changes nothing):
+                           "latency_ms": 20      sleep that long before answering each API request
+                           "arrivals_per_request": 7  that many calls arrive before each /v1/calls
+                                                 request is answered (0: none)
+                           "burst_page": 3, "burst_calls": 7  (together) at the first request for
+                                                 page 3 from now, 7 calls arrive before its answer
+                           "slow_page": 2, "slow_ms": 300  (together) every request for page 2
+                                                 sleeps 300 ms before its answer is made, so calls
+                                                 that arrive meanwhile (at other requests) are in it
+  POST /_control/arrive    {"calls": 7}: 7 calls arrive now; answers {"ok":true,"arrived":N}
   POST /_control/script    JSON array of fault actions, one per following API request (FIFO);
-                           replaces any actions still pending
+                           replaces any actions still pending. An action with "page": N is for
+                           the next request for page N only (a request for page N takes the
+                           first pending action for N, else the next one of the FIFO). Any
+                           action may have "arrive": K, K calls arriving just before the request
+                           is answered (after any latency or slow page); {"fault":"arrive",
+                           "arrive":K} is "pass" for that purpose. Example: the first request for
+                           page 2 gets a 503 and 7 calls arrive before its retry:
+                           [{"page":2,"status":503},{"page":2,"fault":"pass","arrive":7}]
   POST /_control/shutdown  answer, then exit
 
 Every request outside /_control/ is an API request: it is counted, logged and takes the next
-scripted action (a wrong path still gets its 404, a wrong method its 405).
+scripted action (a wrong path still gets its 404, a wrong method its 405). The page of a request
+is its `page` parameter (1 without one), for the path /v1/calls only.
 
 The data set is generated from --seed with a private xorshift32 generator, so it is the same on
 every run and every Lua version. Each call is rendered to JSON once at start-up; a page is cut
-out of that text, and whole responses are cached by query, so a page is built only once.
+out of that text, and whole responses are cached by query, so a page is built only once (until
+calls arrive: arrived calls are kept apart, and the cache is emptied at each arrival).
+
+Arriving calls: new calls arrive at the top of the listing, as on a live account, when a knob
+above says so (calls arrive only then, never by themselves). They come from their own xorshift32
+stream (from --seed), with the same shapes and distributions as the data set, ids unlike any
+other and each one newer than every call before it. The listing is the arrived calls, newest
+first, then the data set; the filters and meta cover both, as they are when the answer is made.
 ]]
 
 local socket = require("socket")
@@ -301,6 +329,40 @@ local function ending(rng, status)
   return 0, nil, reasons[rng() % 3 + 1]
 end
 
+-- The rest of a call once its id, agent, direction, status and number are drawn: how it ended,
+-- its campaign, tag and pick-up time. Writes the fields the filters look at into `fields` at
+-- index i and returns the call's JSON. Shared by generate and the calls that arrive later, so
+-- both have the same shapes and distributions (and the draws stay in generate's order).
+local function finish_call(rng, fields, i, id, agent, inbound, status, phone, created)
+  local duration, ended_by, reason = 0, nil, nil
+  if status ~= "in_progress" then duration, ended_by, reason = ending(rng, status) end
+  local campaign_id, upload_id
+  if not inbound then
+    local campaign = agent.campaigns[rand(rng, 1, #agent.campaigns)]
+    campaign_id, upload_id = campaign[1], campaign[2][rand(rng, 1, #campaign[2])]
+  end
+  local tag = rng() % 10 >= 4 and TAGS[rand(rng, 1, #TAGS)] or nil
+  local picked
+  if status == "picked" or status == "voicemail" or status == "in_progress" then
+    picked = created + rand(rng, 1, 12)
+  end
+  local call_type = inbound and "inbound" or "outbound"
+  fields.status[i], fields.agent_uuid[i], fields.call_type[i] = status, agent.uuid, call_type
+  fields.campaign_id[i], fields.campaign_upload_id[i] = campaign_id or false, upload_id or false
+  fields.phone_number[i] = phone
+  fields.picked_ms[i] = picked and picked * 1000 or false
+  return string.format(CALL_JSON_FORMAT,
+    jstr(id), jstr(agent.uuid), jstr(agent.name), jstr(phone),
+    jstr(inbound and phone or agent.from), jstr(status), jstr(call_type), duration,
+    jstr(ended_by), jstr(reason), jint(campaign_id), jint(upload_id), tag or "null",
+    jstr(format_ist(created)), jstr(picked and format_ist(picked)))
+end
+
+local function new_fields()
+  return { status = {}, agent_uuid = {}, campaign_id = {}, campaign_upload_id = {},
+           phone_number = {}, call_type = {}, picked_ms = {} }
+end
+
 -- Returns, for calls 1..n (newest first):
 -- `fields`: the fields the filters look at, one array per field (false for null), so the heap
 --   holds a few long arrays rather than a table per call for the collector to walk through;
@@ -309,8 +371,7 @@ end
 --   in memory (pages built from 100 strings spread over the heap took several times longer).
 local function generate(n, seed)
   local rng = new_rng(seed)
-  local fields = { status = {}, agent_uuid = {}, campaign_id = {}, campaign_upload_id = {},
-                   phone_number = {}, call_type = {}, picked_ms = {} }
+  local fields = new_fields()
   local json, phones = {}, fields.phone_number
   local created = NEWEST
   for i = 1, n do
@@ -332,28 +393,7 @@ local function generate(n, seed)
     else
       phone = string.format("+91%d%09d", rand(rng, 6, 9), rng() % 1000000000)
     end
-    phones[i] = phone
-    local duration, ended_by, reason = 0, nil, nil
-    if status ~= "in_progress" then duration, ended_by, reason = ending(rng, status) end
-    local campaign_id, upload_id
-    if not inbound then
-      local campaign = agent.campaigns[rand(rng, 1, #agent.campaigns)]
-      campaign_id, upload_id = campaign[1], campaign[2][rand(rng, 1, #campaign[2])]
-    end
-    local tag = rng() % 10 >= 4 and TAGS[rand(rng, 1, #TAGS)] or nil
-    local picked
-    if status == "picked" or status == "voicemail" or status == "in_progress" then
-      picked = created + rand(rng, 1, 12)
-    end
-    local call_type = inbound and "inbound" or "outbound"
-    fields.status[i], fields.agent_uuid[i], fields.call_type[i] = status, agent.uuid, call_type
-    fields.campaign_id[i], fields.campaign_upload_id[i] = campaign_id or false, upload_id or false
-    fields.picked_ms[i] = picked and picked * 1000 or false
-    json[i] = string.format(CALL_JSON_FORMAT,
-      jstr(id), jstr(agent.uuid), jstr(agent.name), jstr(phone),
-      jstr(inbound and phone or agent.from), jstr(status), jstr(call_type), duration,
-      jstr(ended_by), jstr(reason), jint(campaign_id), jint(upload_id), tag or "null",
-      jstr(format_ist(created)), jstr(picked and format_ist(picked)))
+    json[i] = finish_call(rng, fields, i, id, agent, inbound, status, phone, created)
   end
   local from, to, pos = {}, {}, 1
   for i = 1, n do
@@ -366,6 +406,55 @@ end
 local CALL_COUNT = opts.calls
 local FIELDS, CALLS_TEXT, CALL_FROM, CALL_TO = generate(CALL_COUNT, opts.seed)
 collectgarbage("collect") -- drop the start-up garbage now rather than while serving
+
+------------------------------------------------------------------------------
+-- Calls that arrive while the server runs (see arrive below)
+------------------------------------------------------------------------------
+
+-- Arrived calls are kept apart from the data set, in the order they arrived (the last one is
+-- the newest): the listing is they, newest first, then the data set. With none, nothing in
+-- the way pages are built or cached changes.
+local ARRIVAL_SEED_OFFSET = 0x41525256 -- "ARRV": their own stream, apart from the data set's
+local MAX_ARRIVE = 100000              -- calls at once, through any one knob
+
+local arrived -- { n, json = {}, ids = {}, fields = columns, newest = epoch s, rng }
+local known_ids -- set of every call_id, built at the first arrival
+
+-- Back to the data set alone; the next calls to arrive are the same as after start-up.
+local function drop_arrivals()
+  if arrived and known_ids then
+    for _, id in ipairs(arrived.ids) do known_ids[id] = nil end
+  end
+  arrived = { n = 0, json = {}, ids = {}, fields = new_fields(), newest = NEWEST,
+              rng = new_rng(opts.seed + ARRIVAL_SEED_OFFSET) }
+end
+drop_arrivals()
+
+-- Draws one more call, newer than every call so far, with an id no call has.
+local function draw_arrival()
+  local rng, n = arrived.rng, arrived.n + 1
+  if not known_ids then
+    known_ids = {}
+    for id in CALLS_TEXT:gmatch('"call_id":"([^"]*)"') do known_ids[id] = true end
+  end
+  local id = uuid4(rng)
+  while known_ids[id] do id = uuid4(rng) end
+  known_ids[id] = true
+  local created = arrived.newest + rand(rng, 1, 600)
+  local agent = pick(rng, AGENTS)
+  local inbound = rng() % 100 < 20
+  local status = rng() % 5 == 0 and "in_progress" or pick(rng, inbound and INBOUND_STATUS or OUTBOUND_STATUS)
+  local phone
+  local earlier = CALL_COUNT + n - 1
+  if earlier > 0 and rng() % 4 == 0 then
+    local k = rand(rng, 1, earlier)
+    phone = k <= CALL_COUNT and FIELDS.phone_number[k] or arrived.fields.phone_number[k - CALL_COUNT]
+  else
+    phone = string.format("+91%d%09d", rand(rng, 6, 9), rng() % 1000000000)
+  end
+  arrived.json[n] = finish_call(rng, arrived.fields, n, id, agent, inbound, status, phone, created)
+  arrived.ids[n], arrived.n, arrived.newest = id, n, created
+end
 
 ------------------------------------------------------------------------------
 -- Query parameters, validation and filtering
@@ -443,6 +532,14 @@ local MAX_PER_PAGE = 100
 local FILTER_CACHE_LIMIT = 4000000 -- call indices kept over all cached lists
 local filter_cache, filter_cache_size = {}, 0
 
+-- Whether the call at index i of `fields` passes every { row, value } in `active`.
+local function passes(active, fields, i)
+  for _, f in ipairs(active) do
+    if not f[1].test(fields[f[1].field][i], f[2]) then return false end
+  end
+  return true
+end
+
 -- The indices of the calls passing every { row, value } in `active`, cached per combination.
 local function matching(active)
   local parts = {}
@@ -466,6 +563,16 @@ local function matching(active)
   end
   if filter_cache_size + n > FILTER_CACHE_LIMIT then filter_cache, filter_cache_size = {}, 0 end
   filter_cache[key], filter_cache_size = list, filter_cache_size + n
+  return list
+end
+
+-- The arrived calls passing the filters, newest first (indices into arrived.json). They are few
+-- and change at every arrival, so they are not cached.
+local function matching_arrived(active)
+  local list, n = {}, 0
+  for i = arrived.n, 1, -1 do
+    if passes(active, arrived.fields, i) then n = n + 1; list[n] = i end
+  end
   return list
 end
 
@@ -549,7 +656,8 @@ local function api_check(req)
     return failure(404, { "agent not found" })
   end
   return { status = 200, list = matching(active), page = page,
-           per_page = math.min(per_page, MAX_PER_PAGE) }
+           per_page = math.min(per_page, MAX_PER_PAGE),
+           arrived = arrived.n > 0 and matching_arrived(active) or nil }
 end
 
 local PAGE_START = '{"success":true,"data":['
@@ -557,15 +665,23 @@ local runs = {} -- reused by page_body
 
 -- The two parts of a page's body after PAGE_START: the calls' JSON, and the meta that closes
 -- it. Callers join them in one `..` expression, which allocates the result once: on a cold
--- page, fresh memory (page faults) costs more than anything else.
-local function page_body(list, page, per_page)
-  local total = #list
+-- page, fresh memory (page faults) costs more than anything else. `alist`, when calls have
+-- arrived, lists those that pass the filters (newest first): they come before `list`.
+local function page_body(list, page, per_page, alist)
+  local na = alist and #alist or 0
+  local total = na + #list
   local pages = (total + per_page - 1) // per_page
   local data = ""
   if page <= pages then -- also keeps (page - 1) * per_page from overflowing on absurd pages
     local first = (page - 1) * per_page + 1
     local last = math.min(first + per_page - 1, total)
     local n, k = 0, first
+    while k <= na and k <= last do -- arrived calls: listing positions 1..na
+      n = n + 1
+      runs[n] = arrived.json[alist[k]]
+      k = k + 1
+    end
+    k, last = k - na, last - na -- the rest are positions in `list`
     while k <= last do
       -- a run of consecutive calls is one piece of CALLS_TEXT, commas included
       local run_end = k
@@ -585,7 +701,7 @@ end
 local function api_result(req)
   local r = api_check(req)
   if r.status ~= 200 then return r.status, r.body, r.headers end
-  local data, meta = page_body(r.list, r.page, r.per_page)
+  local data, meta = page_body(r.list, r.page, r.per_page, r.arrived)
   return 200, PAGE_START .. data .. meta
 end
 
@@ -602,7 +718,7 @@ local function api_response(req, keep)
   end
   local r = api_check(req)
   if r.status ~= 200 then return r.status, build_response(r.status, r.body, keep, JSON_TYPE, r.headers) end
-  local data, meta = page_body(r.list, r.page, r.per_page)
+  local data, meta = page_body(r.list, r.page, r.per_page, r.arrived)
   local head = response_head(200, #PAGE_START + #data + #meta, keep, JSON_TYPE)
   local response = head .. PAGE_START .. data .. meta
   if response_cache_size + #response > RESPONSE_CACHE_LIMIT then
@@ -611,6 +727,29 @@ local function api_response(req, keep)
   response_cache[keep][req.query] = response
   response_cache_size = response_cache_size + #response
   return 200, response
+end
+
+-- k calls arrive now, at the top of the listing; the cached responses are then out of date.
+local function arrive(k)
+  if k <= 0 then return end
+  for _ = 1, k do draw_arrival() end
+  response_cache, response_cache_size = { [true] = {}, [false] = {} }, 0
+end
+
+-- Back to the data set as it was at start-up, dropping every arrived call.
+local function reset_arrivals()
+  if arrived.n == 0 then return end
+  drop_arrivals()
+  response_cache, response_cache_size = { [true] = {}, [false] = {} }, 0
+end
+
+-- The whole listing (arrived calls, then the data set), as /_control/calls sends it.
+local function listing_text()
+  if arrived.n == 0 then return CALLS_TEXT end
+  local parts = {}
+  for i = arrived.n, 1, -1 do parts[#parts + 1] = arrived.json[i] end
+  if CALL_COUNT > 0 then parts[#parts + 1] = CALLS_TEXT end
+  return table.concat(parts, ",")
 end
 
 ------------------------------------------------------------------------------
@@ -821,14 +960,23 @@ local state = {
   log = {},             -- ring buffer of the last LOG_MAX API requests
   logged = 0,           -- API requests logged since the last reset
   script = {},          -- pending fault actions, each with `left` uses
+  page_script = {},     -- pending fault actions for one page each (`page`), in order
   latency = opts.latency_ms / 1000,
+  per_request = 0,      -- calls arriving before each /v1/calls request is answered
+  burst_page = nil,     -- the first request for this page ...
+  burst_calls = 0,      -- ... has this many calls arrive first (then burst_page is cleared)
+  slow_page = nil,      -- every request for this page ...
+  slow = 0,             -- ... sleeps this long (seconds) before its answer is made
 }
 
 local function reset_state()
   state.requests, state.connections, state.epoch = 0, 0, state.epoch + 1
-  state.log, state.logged, state.script = {}, 0, {}
+  state.log, state.logged, state.script, state.page_script = {}, 0, {}, {}
   state.max_inflight = state.inflight
   state.latency = opts.latency_ms / 1000
+  state.per_request, state.burst_page, state.burst_calls = 0, nil, 0
+  state.slow_page, state.slow = nil, 0
+  reset_arrivals()
 end
 
 -- Counts and logs an API request; the returned log entry gets its status and fault later.
@@ -849,12 +997,25 @@ local function record(conn, req)
   return entry
 end
 
-local function next_action()
-  local action = state.script[1]
+-- Takes one use of the action at `list[i]`, if any, and returns it.
+local function take_action(list, i)
+  local action = list[i]
   if not action then return nil end
   action.left = action.left - 1
-  if action.left == 0 then table.remove(state.script, 1) end
+  if action.left == 0 then table.remove(list, i) end
   return action
+end
+
+-- The action for the next API request: the first pending one for its page (nil: the page
+-- does not matter or is not known), else the next one of the script.
+local function next_action(page)
+  if page then
+    for i, action in ipairs(state.page_script) do
+      if action.page == page then return take_action(state.page_script, i) end
+    end
+  end
+  if state.script[1] == nil then return nil end -- the usual case, kept short
+  return take_action(state.script, 1)
 end
 
 local function render_stats()
@@ -871,8 +1032,8 @@ local function render_stats()
       jint(e.status), jstr(e.fault))
   end
   return string.format('{"requests":%d,"connections":%d,"open_connections":%d,'
-    .. '"max_inflight":%d,"log":[%s]}', state.requests, state.connections,
-    state.open_connections, state.max_inflight, table.concat(entries, ","))
+    .. '"max_inflight":%d,"inflight":%d,"arrived":%d,"log":[%s]}', state.requests, state.connections,
+    state.open_connections, state.max_inflight, state.inflight, arrived.n, table.concat(entries, ","))
 end
 
 ------------------------------------------------------------------------------
@@ -887,10 +1048,12 @@ local function as_number(v)
   return type(v) == "number" and v or nil
 end
 
--- Allowed keys per kind of action ("status" is an action without "fault").
+-- Allowed keys per kind of action ("status" is an action without "fault"), besides those
+-- every action may have: fault, times, page and arrive. "arrive" is "pass" by another name,
+-- for an action that is only there to have calls arrive.
 local ACTION_KEYS = {
   status = { "status", "headers", "body", "content_type", "errors" },
-  reset = {}, empty = {}, truncate = {}, close_after = {}, pass = {},
+  reset = {}, empty = {}, truncate = {}, close_after = {}, pass = {}, arrive = {},
   drip = { "interval_ms" },
   huge = { "bytes", "chunked" },
   delay = { "ms" },
@@ -906,13 +1069,22 @@ local function check_action(raw)
   local kind = raw.fault or "status"
   local keys = type(kind) == "string" and ACTION_KEYS[kind]
   if not keys then return nil, "unknown fault " .. tostring(kind) end
-  local allowed = { fault = true, times = true }
+  local allowed = { fault = true, times = true, page = true, arrive = true }
   for _, k in ipairs(keys) do allowed[k] = true end
   for k in pairs(raw) do
     if not allowed[k] then return nil, "unknown key " .. tostring(k) end
   end
   local action = { kind = kind, fault = raw.fault, left = as_integer(raw.times or 1) }
   if not action.left or action.left < 1 then return nil, "times must be an integer >= 1" end
+  if raw.page ~= nil then
+    action.page = as_integer(raw.page)
+    if not action.page or action.page < 1 then return nil, "page must be an integer >= 1" end
+  end
+  if kind == "arrive" and raw.arrive == nil then return nil, "fault arrive needs arrive (a number of calls)" end
+  action.arrive = as_integer(raw.arrive or 0)
+  if not action.arrive or action.arrive < 0 or action.arrive > MAX_ARRIVE then
+    return nil, "arrive must be an integer from 0 to " .. MAX_ARRIVE
+  end
 
   if kind == "status" then
     action.status = as_integer(raw.status)
@@ -993,6 +1165,7 @@ local RUN = {}
 function RUN.pass(conn, req, entry)
   return answer(conn, req, entry, req.keep)
 end
+RUN.arrive = RUN.pass
 
 function RUN.delay(conn, req, entry, action)
   sleep(action.delay)
@@ -1082,13 +1255,34 @@ function RUN.status(conn, req, entry, action)
   return send_all(conn.sock, response) and req.keep
 end
 
+-- The page a /v1/calls request asks for (1 without a page parameter), or nil: another path,
+-- or a page parameter that is not a page number (the request gets its 422).
+local function page_of(req)
+  if req.path ~= "/v1/calls" then return nil end
+  local text = parse_query(req.query).page
+  if text == nil then return 1 end
+  return parse_positive(text)
+end
+
 local function handle_api(conn, req)
-  local entry = record(conn, req)
+  local entry, epoch = record(conn, req), state.epoch
   state.inflight = state.inflight + 1
   state.max_inflight = math.max(state.max_inflight, state.inflight)
-  local action = next_action()
+  -- the query is parsed here only when some knob looks at the page
+  local page
+  if state.slow_page or state.burst_page or state.page_script[1] then page = page_of(req) end
+  local action = next_action(page)
   entry.fault = action and action.fault
+  local calls = action and action.arrive or 0
+  if page and page == state.burst_page then
+    calls, state.burst_page = calls + state.burst_calls, nil -- the first request only
+  end
+  if state.per_request > 0 and req.path == "/v1/calls" then calls = calls + state.per_request end
   if state.latency > 0 then sleep(state.latency) end
+  if page and page == state.slow_page and state.slow > 0 then sleep(state.slow) end
+  -- after the sleeps, so the answer is made from the listing as it is now; not if a reset
+  -- came meanwhile (the calls were meant for the listing before it)
+  if calls > 0 and state.epoch == epoch then arrive(calls) end
   local keep
   if action then keep = RUN[action.kind](conn, req, entry, action)
   else keep = answer(conn, req, entry, req.keep) end
@@ -1114,11 +1308,39 @@ local function decode_object(body)
   return value
 end
 
+local function count_check(v)
+  local n = as_integer(v)
+  return n and n >= 0 and n <= MAX_ARRIVE and n or nil
+end
+
+local function page_check(v)
+  local n = as_integer(v)
+  return n and n >= 1 and n or nil
+end
+
+local function ms_check(v)
+  local ms = as_number(v)
+  return ms and ms >= 0 and ms or nil
+end
+
+-- The keys of /_control/config: a check that returns the value (nil: rejected) and what the
+-- 400 says the value must be. burst_page and burst_calls go together, as do slow_page and slow_ms.
+local COUNT_TEXT = "an integer from 0 to " .. MAX_ARRIVE
+local CONFIG_KEYS = {
+  latency_ms = { ms_check, "a number >= 0" },
+  arrivals_per_request = { count_check, COUNT_TEXT },
+  burst_page = { page_check, "an integer >= 1" },
+  burst_calls = { count_check, COUNT_TEXT },
+  slow_page = { page_check, "an integer >= 1" },
+  slow_ms = { ms_check, "a number >= 0" },
+}
+local CONFIG_ORDER = { "latency_ms", "arrivals_per_request", "burst_page", "burst_calls", "slow_page", "slow_ms" }
+
 -- path -> method -> handler(req) returning status and body
 local CONTROL = {
   ["/_control/stats"] = { GET = function() return 200, render_stats() end },
   ["/_control/calls"] = { GET = function()
-    return 200, '{"data":[' .. CALLS_TEXT .. "]}"
+    return 200, '{"data":[' .. listing_text() .. "]}"
   end },
   ["/_control/reset"] = { POST = function()
     reset_state()
@@ -1128,14 +1350,40 @@ local CONTROL = {
     local config = decode_object(req.body)
     if not config then return bad_request("body must be a JSON object") end
     for k in pairs(config) do
-      if k ~= "latency_ms" then return bad_request("unknown key " .. tostring(k)) end
+      if not CONFIG_KEYS[k] then return bad_request("unknown key " .. tostring(k)) end
     end
-    if config.latency_ms ~= nil then
-      local ms = as_number(config.latency_ms)
-      if not ms or ms < 0 then return bad_request("latency_ms must be a number >= 0") end
-      state.latency = ms / 1000
+    -- everything is checked before anything is set: a 400 changes nothing
+    local checked = {}
+    for _, k in ipairs(CONFIG_ORDER) do
+      if config[k] ~= nil then
+        local value = CONFIG_KEYS[k][1](config[k])
+        if value == nil then return bad_request(k .. " must be " .. CONFIG_KEYS[k][2]) end
+        checked[k] = value
+      end
     end
+    for _, pair in ipairs { { "burst_page", "burst_calls" }, { "slow_page", "slow_ms" } } do
+      if (checked[pair[1]] == nil) ~= (checked[pair[2]] == nil) then
+        return bad_request(pair[1] .. " and " .. pair[2] .. " go together")
+      end
+    end
+    if checked.latency_ms then state.latency = checked.latency_ms / 1000 end
+    if checked.arrivals_per_request then state.per_request = checked.arrivals_per_request end
+    if checked.burst_page then state.burst_page, state.burst_calls = checked.burst_page, checked.burst_calls end
+    if checked.slow_page then state.slow_page, state.slow = checked.slow_page, checked.slow_ms / 1000 end
     return 200, OK
+  end },
+  ["/_control/arrive"] = { POST = function(req)
+    local body = decode_object(req.body)
+    if not body then return bad_request("body must be a JSON object") end
+    for k in pairs(body) do
+      if k ~= "calls" then return bad_request("unknown key " .. tostring(k)) end
+    end
+    local k = as_integer(body.calls)
+    if not k or k < 0 or k > MAX_ARRIVE then
+      return bad_request("calls must be an integer from 0 to " .. MAX_ARRIVE)
+    end
+    arrive(k)
+    return 200, string.format('{"ok":true,"arrived":%d}', arrived.n)
   end },
   ["/_control/script"] = { POST = function(req)
     local ok, raw = pcall(cjson.decode, req.body)
@@ -1143,13 +1391,14 @@ local CONTROL = {
     if not ok or type(raw) ~= "table" or not (req.body:match("^%s*%[") or next(raw) == nil) then
       return bad_request("body must be a JSON array of actions")
     end
-    local script = {}
+    local script, page_script = {}, {}
     for i, item in ipairs(raw) do
       local action, err = check_action(item)
       if not action then return bad_request("action " .. i .. ": " .. err) end
-      script[i] = action
+      local list = action.page and page_script or script
+      list[#list + 1] = action
     end
-    state.script = script
+    state.script, state.page_script = script, page_script
     return 200, OK
   end },
   ["/_control/shutdown"] = { POST = function()

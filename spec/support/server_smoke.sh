@@ -39,16 +39,21 @@ anon() { code=$(curl -s -D "$tmp/headers" -o "$tmp/body" -w '%{http_code}' "$@")
 post() { anon -X POST -H 'Content-Type: application/json' --data-binary "$2" "$BASE$1"; }
 header() { tr -d '\r' <"$tmp/headers" | grep -qix "$1"; }
 
-# json EXPR: EXPR is a Lua expression over j (the last body, decoded) and calls (the data set)
+# json EXPR: EXPR is a Lua expression over j (the last body, decoded), calls (the data set) and
+# now (the listing when `listing` last ran, with the calls that arrived since the start)
 curl -s -o "$tmp/calls" "$BASE/_control/calls"
+listing() { curl -s -o "$tmp/now" "$BASE/_control/calls"; }
 json() {
-  "$LUA" - "$tmp/body" "$tmp/calls" "$1" <<'LUA'
+  "$LUA" - "$tmp/body" "$tmp/calls" "$1" "$tmp/now" <<'LUA'
 local cjson = require("cjson")
 local function read(path)
-  local f = assert(io.open(path)); local text = f:read("a"); f:close()
+  local f = io.open(path)
+  if not f then return nil end
+  local text = f:read("a"); f:close()
   return cjson.decode(text)
 end
-local env = { j = read(arg[1]), calls = read(arg[2]).data, null = cjson.null, ipairs = ipairs }
+local env = { j = read(arg[1]), calls = read(arg[2]).data, now = (read(arg[4]) or {}).data,
+              null = cjson.null, ipairs = ipairs }
 function env.count(list, pred)
   local n = 0
   for _, x in ipairs(list) do if pred(x) then n = n + 1 end end
@@ -135,6 +140,90 @@ check "fault truncate: partial body (curl 18)" test "$rc_truncate" -eq 18
 
 post /_control/script '[{"fault": "rest"}]'
 check "malformed script: 400" test "$code" -eq 400
+
+# Calls arriving at the top of the listing
+post /_control/reset ''
+post /_control/arrive '{"calls": 3}'
+check "arrive: 3 calls, counted" json "$code == 200 and j.ok == true and j.arrived == 3"
+listing
+api "$BASE/v1/calls"
+check "arrived calls first, newest first and newer than the rest; the cached page 1 is redone" \
+  json "j.meta.total_count == 303 and j.meta.total_pages == 13 and j.data[4].call_id == calls[1].call_id
+        and j.data[1].created_at > j.data[2].created_at and j.data[2].created_at > j.data[3].created_at
+        and j.data[3].created_at > calls[1].created_at
+        and count(calls, function(c) return c.call_id == j.data[1].call_id or c.call_id == j.data[3].call_id end) == 0
+        and #now == 303 and now[1].call_id == j.data[1].call_id and now[304 - 300].call_id == calls[1].call_id"
+api "$BASE/v1/calls?per_page=100&page=4"
+check "the last page holds what the arrivals pushed down" \
+  json "#j.data == 3 and j.data[3].call_id == calls[300].call_id and j.meta.current_page == 4"
+api "$BASE/v1/calls?call_type=inbound&per_page=100&page=1"
+check "filters apply to arrived calls" \
+  json "j.meta.total_count == count(now, function(c) return c.call_type == 'inbound' end)"
+anon "$BASE/_control/stats"
+check "stats: arrived" json "j.arrived == 3"
+cp "$tmp/now" "$tmp/first3"
+post /_control/reset ''
+anon "$BASE/_control/stats"
+check "reset drops the arrived calls" \
+  eval 'json "j.arrived == 0" && curl -s "$BASE/_control/calls" | cmp -s - "$tmp/calls"'
+post /_control/arrive '{"calls": 3}'
+listing
+check "the same calls arrive again after a reset" cmp -s "$tmp/now" "$tmp/first3"
+
+post /_control/reset ''
+post /_control/config '{"arrivals_per_request": 2}'
+api "$BASE/v1/calls"; api "$BASE/v1/calls?page=2"
+check "arrivals_per_request: 2 calls before each request" \
+  eval 'json "j.meta.total_count == 304 and j.data[1].call_id == calls[22].call_id" &&
+        anon "$BASE/_control/stats" && json "j.arrived == 4"'
+
+post /_control/reset ''
+post /_control/config '{"burst_page": 2, "burst_calls": 5}'
+api "$BASE/v1/calls"
+check "burst: not on other pages" json "j.meta.total_count == 300"
+api "$BASE/v1/calls?page=2"
+check "burst: 5 calls before the first request for its page" json "j.meta.total_count == 305"
+api "$BASE/v1/calls?page=2"
+check "burst: once" json "j.meta.total_count == 305"
+
+post /_control/reset ''
+post /_control/config '{"slow_page": 2, "slow_ms": 400}'
+start=$(date +%s%N)
+curl -s -o "$tmp/slow" -H "API-Token: $TOKEN" "$BASE/v1/calls?page=2" & slow_pid=$!
+sleep 0.15
+post /_control/arrive '{"calls": 4}'
+wait "$slow_pid"
+took=$(( ($(date +%s%N) - start) / 1000000 ))
+cp "$tmp/slow" "$tmp/body"
+check "slow page: sleeps, and its answer has the calls that arrived meanwhile (${took} ms)" \
+  eval 'json "j.meta.total_count == 304 and j.data[1].call_id == calls[22].call_id" && [ "$took" -ge 400 ]'
+
+post /_control/reset ''
+post /_control/script '[{"page": 2, "status": 503}, {"page": 2, "fault": "pass", "arrive": 7}, {"status": 500}]'
+api "$BASE/v1/calls?page=2"
+check "page action: the first request for page 2 gets its 503" json "$code == 503"
+api "$BASE/v1/calls?page=3"
+check "page action: other pages take the FIFO script" json "$code == 500"
+api "$BASE/v1/calls?page=2"
+check "page action: 7 calls arrive before the retry of page 2" json "$code == 200 and j.meta.total_count == 307"
+anon "$BASE/_control/stats"
+check "page action: logged" json "j.log[1].status == 503 and j.log[3].fault == 'pass' and j.arrived == 7"
+
+post /_control/reset ''
+post /_control/script '[{"fault": "arrive", "arrive": 2}]'
+api "$BASE/v1/calls"
+check "fault arrive: answers as usual, after 2 calls arrived" \
+  eval 'json "$code == 200 and j.meta.total_count == 302" && anon "$BASE/_control/stats" &&
+        json "j.log[1].fault == \"arrive\" and j.arrived == 2 and j.inflight == 0"'
+
+post /_control/config '{"burst_page": 2}'
+check "config: burst_page without burst_calls is a 400" \
+  json "$code == 400 and j.error == 'burst_page and burst_calls go together'"
+post /_control/config '{"arrivals_per_request": -1}'
+check "config: a negative count is a 400" json "$code == 400 and j.error:find('arrivals_per_request', 1, true) == 1"
+post /_control/script '[{"fault": "pass", "arrive": 1.5}]'
+check "script: a fractional arrive is a 400" json "$code == 400"
+post /_control/reset ''
 
 post /_control/shutdown ''
 for _ in $(seq 20); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
