@@ -797,6 +797,26 @@ int osvi_core_next_page(lua_State *L, int core, double now) {
   }
 }
 
+int osvi_core_ready(const osvi_core *c) {
+  int i;
+  if (c->done) return 1;
+  for (i = 0; i < OSVI_CORE_SLOTS; i++) {
+    const slot *s = &c->s[i];
+    if (s->state == S_ANSWERED) {
+      /* a page to hand out, or to throw away; one that holds only later
+      ** ranks waits for the head */
+      if (c->mode == OSVI_CORE_ONE || !c->started || s->hi < 1 ||
+          s->hi >= c->next_rank || s->lo > c->next_rank)
+        return 1;
+    } else if (s->state == S_FAILED) {
+      if (c->mode == OSVI_CORE_ONE || !c->started ||
+          meant_for(s, c->next_rank) || s->lo > c->next_rank)
+        return 1;
+    }
+  }
+  return 0;
+}
+
 void osvi_core_push_stats(lua_State *L, const osvi_core *c) {
   lua_createtable(L, 0, 8);
 #define STAT(name, v)           \

@@ -111,6 +111,10 @@ static int step_protected(lua_State *L) {
       osvi_pool_pump(L, core, k->pool, &link);
     return 0;
   }
+  if (mode == 3) { /* the pool a host will wait on */
+    step_pool(L, 1, k, client, core);
+    return 0;
+  }
   if (k->prefetch > 0 || mode == 1) {
     osvi_pool *p = step_pool(L, 1, k, client, core);
     res = osvi_pool_run(L, core, p, &link, mode == 0);
@@ -157,7 +161,7 @@ static int step(lua_State *L, osvi_cursor *k, int mode) {
     if (k->closed) cursor_close(L); /* closed meanwhile: let go now */
     return lua_error(L);
   }
-  if (mode == 2) {
+  if (mode >= 2) {
     lua_settop(L, top);
     return 0;
   }
@@ -235,6 +239,65 @@ static int cursor_poll(lua_State *L) {
   return 1;
 }
 
+/*
+** A host's event loop waits on a cursor as cqueues' pollable protocol has
+** it: cqueues.poll(cur) works as it is; luv: uv.new_poll(cur:pollfd()) and a
+** timer of cur:timeout(). After a wake-up, cur:poll() moves things on.
+**   cur:pollfd()  a descriptor, readable when a transfer can move on
+**   cur:events()  "r"
+**   cur:timeout() seconds to wait at most (0: call poll() now), or nil
+** All three make the cursor's transfers if it has none yet. After the last
+** page (or close), pollfd() and timeout() are nil: poll() returns nil.
+*/
+static int cursor_pollfd(lua_State *L) {
+  osvi_cursor *k = check_cursor(L, 1);
+  int fd;
+  lua_settop(L, 1);
+  if (k->closed && !k->orphan) return 0;
+  if (k->pool == NULL) step(L, k, 3);
+  fd = k->pool != NULL ? osvi_pool_fd(k->pool) : -1;
+  if (fd < 0) return 0;
+  lua_pushinteger(L, fd);
+  return 1;
+}
+
+static int cursor_events(lua_State *L) {
+  check_cursor(L, 1);
+  lua_pushliteral(L, "r");
+  return 1;
+}
+
+static int cursor_timeout(lua_State *L) {
+  osvi_cursor *k = check_cursor(L, 1);
+  const osvi_core *c;
+  double now = osvi_now(), t, u;
+  lua_settop(L, 1);
+  if (k->orphan || k->busy) { /* poll() will say what is wrong */
+    lua_pushnumber(L, 0);
+    return 1;
+  }
+  if (k->closed) return 0;
+  if (k->pool == NULL || !osvi_pool_usable(k->pool) ||
+      k->index < k->count) {
+    lua_pushnumber(L, 0);
+    return 1;
+  }
+  lua_getiuservalue(L, 1, UV_CORE);
+  c = lua_touserdata(L, -1);
+  if (osvi_core_ready(c)) {
+    lua_pushnumber(L, 0);
+    return 1;
+  }
+  t = osvi_core_timeout(c, now); /* a retry due, or a request to send */
+  if (t == 0 && osvi_pool_running(k->pool) >= osvi_pool_size(k->pool))
+    t = -1; /* it waits for a transfer to finish */
+  u = osvi_pool_timeout(k->pool, now); /* libcurl's own deadline */
+  if (u >= 0 && (t < 0 || u < t)) t = u;
+  if (t < 0) return 0; /* the descriptor alone */
+  lua_pushnumber(L, t);
+  return 1;
+}
+
 static int cursor_index(lua_State *L) {
   check_cursor(L, 1);
   if (lua_type(L, 2) == LUA_TSTRING) {
@@ -296,6 +359,9 @@ int osvi_cursor_new(lua_State *L, int cidx, int fidx) {
 int osvi_cursor_open(lua_State *L) {
   static const luaL_Reg methods[] = {{"next_page", cursor_next_page},
                                      {"poll", cursor_poll},
+                                     {"pollfd", cursor_pollfd},
+                                     {"events", cursor_events},
+                                     {"timeout", cursor_timeout},
                                      {"close", cursor_close},
                                      {NULL, NULL}};
   static const luaL_Reg meta[] = {

@@ -243,6 +243,9 @@ void osvi_core_lost(osvi_core *c);
 ** nothing is waiting to be sent. */
 double osvi_core_timeout(const osvi_core *c, double now);
 int osvi_core_in_flight(const osvi_core *c);
+/* Whether next_page would find something without any I/O (a page, an
+** error, the end, or a decision to make): a host should not wait. */
+int osvi_core_ready(const osvi_core *c);
 /* The next page of new calls, or WAIT, DONE or an error (see above). */
 int osvi_core_next_page(lua_State *L, int core, double now);
 /* Pushes {requests, rereads, resyncs, repeats, ...}: [-0, +1] */
@@ -280,6 +283,12 @@ int osvi_pool_size(const osvi_pool *p);
 /* Whether the collector has finalised the pool (a finaliser brought back
 ** the cursor that held it). */
 int osvi_pool_finalised(const osvi_pool *p);
+/* The descriptor a host's loop can wait on: readable when a transfer can
+** move on (an epoll descriptor of libcurl's sockets), or -1 (no epoll). */
+int osvi_pool_fd(const osvi_pool *p);
+int osvi_pool_running(const osvi_pool *p); /* transfers under way */
+/* Seconds until libcurl wants to run its timeouts, or -1. */
+double osvi_pool_timeout(const osvi_pool *p, double now);
 /* Stops every transfer: what was in flight is forgotten. */
 void osvi_pool_stop(osvi_pool *p);
 /* Like osvi_easy_run over the pool; without `wait`, returns WAIT when

@@ -20,6 +20,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#if defined(__linux__)
+#define OSVI_HAVE_EPOLL 1
+#include <sys/epoll.h>
+#endif
+
 #include "osvi.h"
 
 #define OSVI_POOL_MT "osvi.Pool"
@@ -195,17 +200,64 @@ typedef struct transfer {
   int attempt;
 } transfer;
 
+/*
+** libcurl tells the pool which sockets to watch and when its next timeout
+** is (CURLMOPT_SOCKETFUNCTION, CURLMOPT_TIMERFUNCTION); the pool keeps the
+** sockets in an epoll descriptor. So one descriptor, readable when any
+** transfer can move on, and one deadline say everything a host's event loop
+** needs to wait (cur:pollfd(), cur:timeout()); the pool itself waits the
+** same way when it is asked to. Without epoll (not Linux), the pool waits
+** with curl_multi_poll and has no descriptor to give.
+*/
 struct osvi_pool {
   CURLM *multi;
   long pid; /* the process that made it */
   int n;
   int running;
+  int epfd;         /* the sockets libcurl watches; -1 without epoll */
+  double timer_due; /* when libcurl wants its timeout run; < 0: never */
   transfer t[OSVI_CORE_SLOTS];
 };
+
+#if defined(OSVI_HAVE_EPOLL)
+static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp,
+                     void *socketp) {
+  osvi_pool *p = userp;
+  struct epoll_event ev;
+  (void)easy, (void)socketp;
+  if (what == CURL_POLL_REMOVE) {
+    (void)epoll_ctl(p->epfd, EPOLL_CTL_DEL, s, NULL);
+    return 0;
+  }
+  memset(&ev, 0, sizeof ev);
+  ev.data.fd = s;
+  ev.events = ((what & CURL_POLL_IN) ? EPOLLIN : 0u) |
+              ((what & CURL_POLL_OUT) ? EPOLLOUT : 0u);
+  if (epoll_ctl(p->epfd, EPOLL_CTL_MOD, s, &ev) != 0 && errno == ENOENT)
+    (void)epoll_ctl(p->epfd, EPOLL_CTL_ADD, s, &ev);
+  return 0;
+}
+
+static int on_timer(CURLM *multi, long timeout_ms, void *userp) {
+  osvi_pool *p = userp;
+  (void)multi;
+  p->timer_due = timeout_ms < 0 ? -1 : osvi_now() + (double)timeout_ms / 1e3;
+  return 0;
+}
+#endif
+
+/* Closes the pool's own descriptor (also in a process that inherited it:
+** that closes only this process's copy, and leaves the parent's epoll set
+** alone). */
+static void close_epoll(osvi_pool *p) {
+  if (p->epfd >= 0) (void)close(p->epfd);
+  p->epfd = -1;
+}
 
 static int pool_gc(lua_State *L) {
   osvi_pool *p = luaL_checkudata(L, 1, OSVI_POOL_MT);
   int i;
+  close_epoll(p);
   if (p->pid != (long)getpid()) {
     /* inherited across fork(): the handles and their connections are the
     ** parent's; they are abandoned, never cleaned up here */
@@ -226,11 +278,25 @@ osvi_pool *osvi_pool_new(lua_State *L, const osvi_http *from, int n) {
   int i;
   memset(p, 0, sizeof *p); /* empty and consistent before acquiring */
   p->pid = (long)getpid();
+  p->epfd = -1;
+  p->timer_due = -1;
   luaL_setmetatable(L, OSVI_POOL_MT);
   if (n > OSVI_CORE_SLOTS) n = OSVI_CORE_SLOTS;
   p->multi = curl_multi_init();
   if (p->multi == NULL)
     luaL_error(L, "libcurl could not create a multi handle");
+#if defined(OSVI_HAVE_EPOLL)
+  p->epfd = epoll_create1(EPOLL_CLOEXEC);
+  if (p->epfd < 0)
+    luaL_error(L, "cannot make an epoll descriptor: %s", strerror(errno));
+  if (curl_multi_setopt(p->multi, CURLMOPT_SOCKETFUNCTION, on_socket) !=
+          CURLM_OK ||
+      curl_multi_setopt(p->multi, CURLMOPT_SOCKETDATA, p) != CURLM_OK ||
+      curl_multi_setopt(p->multi, CURLMOPT_TIMERFUNCTION, on_timer) !=
+          CURLM_OK ||
+      curl_multi_setopt(p->multi, CURLMOPT_TIMERDATA, p) != CURLM_OK)
+    luaL_error(L, "libcurl refused the multi handle's callbacks");
+#endif
   for (i = 0; i < n; i++) {
     const char *err = osvi_http_dup(&p->t[i].http, from);
     p->n = i + 1; /* so that __gc frees what exists */
@@ -249,6 +315,17 @@ int osvi_pool_finalised(const osvi_pool *p) {
   return p->multi == NULL && p->pid == (long)getpid();
 }
 
+int osvi_pool_running(const osvi_pool *p) { return p->running; }
+
+int osvi_pool_fd(const osvi_pool *p) {
+  return osvi_pool_usable(p) ? p->epfd : -1;
+}
+
+double osvi_pool_timeout(const osvi_pool *p, double now) {
+  if (!osvi_pool_usable(p) || p->timer_due < 0) return -1;
+  return p->timer_due > now ? p->timer_due - now : 0;
+}
+
 void osvi_pool_stop(osvi_pool *p) {
   int i;
   if (p->multi == NULL) return;
@@ -259,6 +336,42 @@ void osvi_pool_stop(osvi_pool *p) {
     t->http.busy = 0;
   }
   p->running = 0;
+}
+
+/* Lets libcurl move every transfer on that can, without waiting: the
+** sockets epoll says are ready, and libcurl's timeout when it is due. */
+static void perform(osvi_pool *p) {
+  int still;
+#if defined(OSVI_HAVE_EPOLL)
+  struct epoll_event ev[32];
+  int i, n = epoll_wait(p->epfd, ev, 32, 0);
+  for (i = 0; i < n; i++) {
+    int flags = ((ev[i].events & EPOLLIN) ? CURL_CSELECT_IN : 0) |
+                ((ev[i].events & EPOLLOUT) ? CURL_CSELECT_OUT : 0) |
+                ((ev[i].events & (EPOLLERR | EPOLLHUP)) ? CURL_CSELECT_ERR : 0);
+    curl_multi_socket_action(p->multi, ev[i].data.fd, flags, &still);
+  }
+  if (p->timer_due >= 0 && p->timer_due <= osvi_now()) {
+    p->timer_due = -1;
+    curl_multi_socket_action(p->multi, CURL_SOCKET_TIMEOUT, 0, &still);
+  }
+#else
+  curl_multi_perform(p->multi, &still);
+#endif
+}
+
+/* Waits up to `seconds` for a socket or libcurl's deadline. */
+static void wait_for(osvi_pool *p, double seconds) {
+  double t = osvi_pool_timeout(p, osvi_now());
+  if (t >= 0 && t < seconds) seconds = t;
+#if defined(OSVI_HAVE_EPOLL)
+  {
+    struct epoll_event ev;
+    (void)epoll_wait(p->epfd, &ev, 1, (int)(seconds * 1000) + (seconds > 0));
+  }
+#else
+  curl_multi_poll(p->multi, NULL, 0, (int)(seconds * 1000) + 1, NULL);
+#endif
 }
 
 /* Starts what the core has to send, as far as there are idle transfers. */
@@ -323,11 +436,14 @@ static int collect(lua_State *L, int core, osvi_pool *p,
 
 /* submit, perform, collect: returns how many answers were fed. */
 static int step(lua_State *L, int core, osvi_pool *p, const osvi_link *link) {
-  int still, done;
+  int done;
   submit(L, core, p, link);
-  curl_multi_perform(p->multi, &still);
+  perform(p);
   done = collect(L, core, p, link);
-  if (done > 0) submit(L, core, p, link); /* the next ones on their way */
+  if (done > 0) { /* the next ones on their way */
+    submit(L, core, p, link);
+    perform(p);
+  }
   return done;
 }
 
@@ -346,9 +462,8 @@ int osvi_pool_run(lua_State *L, int core, osvi_pool *p, const osvi_link *link,
     int res = osvi_core_next_page(L, core, osvi_now());
     if (res == OSVI_CORE_PAGE && osvi_pool_usable(p)) {
       /* the pages after it on their way now, while the caller works */
-      int still;
       submit(L, core, p, link);
-      curl_multi_perform(p->multi, &still);
+      perform(p);
     }
     if (res != OSVI_CORE_WAIT) return res;
     if (!osvi_pool_usable(p)) {
@@ -363,10 +478,10 @@ int osvi_pool_run(lua_State *L, int core, osvi_pool *p, const osvi_link *link,
                       "the listing has nothing left to ask for");
       return OSVI_CORE_ERROR;
     }
-    /* wait for activity, or until a retry is due (a request that has no
-    ** idle transfer yet waits for one to finish) */
+    /* wait for a socket, libcurl's deadline, or a retry that is due (one
+    ** that has no idle transfer yet waits for a transfer to finish) */
     if (t < 0 || t > 1 || (t == 0 && p->running >= p->n)) t = 1;
-    curl_multi_poll(p->multi, NULL, 0, (int)(t * 1000) + 1, NULL);
+    wait_for(p, t);
   }
 }
 

@@ -1,11 +1,20 @@
 /*
 ** examples/embed/host.c: a game-loop host that embeds Lua 5.4 with osvi
-** linked in statically, and lists calls from a periodic tick that must never
-** block.
+** linked in statically, and lists calls beside a periodic tick that must
+** never block.
 **
 **   host [--url URL] [--token TOKEN] [--script PATH] [--per-page N]
 **        [--prefetch N] [--tick-ms MS] [--bound-ms MS] [--max-seconds S]
-**        [--blocking]
+**        [--tick-poll | --blocking]
+**
+** By default the host waits in epoll_wait on two descriptors: a timerfd for
+** its own tick, and the cursor's (cur:pollfd(), readable when a transfer can
+** move on), with cur:timeout() as the deadline; it calls cur:poll() only
+** when osvi has something, and sleeps otherwise. --tick-ms 0: no tick of its
+** own (the host sleeps until osvi has news). --tick-poll: the old way, every
+** tick calls cur:poll() whether anything came or not. The script measures
+** each page's delay from the moment the local server sent it (its log) to
+** its calls reaching the host, the same way in both modes.
 **
 ** The URL defaults to $OSVI_BASE_URL, the token to $OSVI_API_TOKEN, the
 ** script to tick.lua next to this program; --per-page (50) and --prefetch
@@ -26,11 +35,15 @@
 */
 #define _GNU_SOURCE /* RUSAGE_THREAD */
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
+#include <sys/epoll.h>
 #include <sys/resource.h>
+#include <sys/timerfd.h>
 
 #include "lauxlib.h"
 #include "lua.h"
@@ -45,7 +58,7 @@ typedef struct options {
   const char *url, *token, *script;
   long per_page, prefetch, tick_ms, max_seconds; /* prefetch -1: default */
   double bound_ms;
-  int blocking;
+  int blocking, tick_poll;
 } options;
 
 static double clock_ms(clockid_t id) {
@@ -124,10 +137,15 @@ static void parse_args(int argc, char **argv, options *o) {
   o->bound_ms = 5;
   o->max_seconds = 30;
   o->blocking = 0;
+  o->tick_poll = 0;
   for (i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
     if (strcmp(a, "--blocking") == 0) {
       o->blocking = 1;
+      continue;
+    }
+    if (strcmp(a, "--tick-poll") == 0) {
+      o->tick_poll = 1;
       continue;
     }
     if (v == NULL) goto usage;
@@ -143,7 +161,7 @@ static void parse_args(int argc, char **argv, options *o) {
     else if (strcmp(a, "--prefetch") == 0)
       o->prefetch = number_arg(a, v, 0, 16);
     else if (strcmp(a, "--tick-ms") == 0)
-      o->tick_ms = number_arg(a, v, 1, 1000);
+      o->tick_ms = number_arg(a, v, 0, 1000);
     else if (strcmp(a, "--bound-ms") == 0)
       o->bound_ms = (double)number_arg(a, v, 1, 1000);
     else if (strcmp(a, "--max-seconds") == 0)
@@ -159,7 +177,7 @@ usage:
   fprintf(stderr,
           "usage: %s [--url URL] [--token TOKEN] [--script PATH] "
           "[--per-page N] [--prefetch N]\n  [--tick-ms MS] [--bound-ms MS] "
-          "[--max-seconds S] [--blocking]\n",
+          "[--max-seconds S] [--tick-poll | --blocking]\n",
           argv[0]);
   exit(EXIT_USAGE);
 }
@@ -179,15 +197,96 @@ static void call(lua_State *L, int nargs, int nres) {
   lua_remove(L, fn);
 }
 
+/* ------------------------------------------------------------------------
+** Measurements of each call into the script
+** --------------------------------------------------------------------- */
+
+typedef struct series {
+  double *v;
+  size_t n, cap;
+} series;
+
+static void add(series *s, double x) {
+  if (s->n == s->cap) {
+    double *more = realloc(s->v, (s->cap = s->cap ? 2 * s->cap : 256) *
+                                     sizeof *more);
+    if (more == NULL) {
+      fprintf(stderr, "host: out of memory\n");
+      exit(1);
+    }
+    s->v = more;
+  }
+  s->v[s->n++] = x;
+}
+
+static double pct(series *s, int p) {
+  if (s->n == 0) return 0;
+  qsort(s->v, s->n, sizeof *s->v, cmp_double);
+  return s->v[(s->n * (size_t)p + 99) / 100 - (s->n * (size_t)p + 99 >= 100)];
+}
+
+typedef struct stats {
+  series took; /* wall ms of each call into the script */
+  double max, max_cpu;
+  size_t waited, stalled, late;
+} stats;
+
+/* Calls script[name] with no argument and `nres` results, measuring it. */
+static void measured(lua_State *L, int script, const char *name, int nres,
+                     const options *o, stats *st) {
+  double t0, t1, c0, cpu;
+  long w0, w;
+  lua_getfield(L, script, name);
+  w0 = waits();
+  c0 = clock_ms(CLOCK_THREAD_CPUTIME_ID);
+  t0 = now_ms();
+  call(L, 0, nres);
+  t1 = now_ms();
+  cpu = clock_ms(CLOCK_THREAD_CPUTIME_ID) - c0;
+  w = waits() - w0;
+  st->waited += w > 0;
+  if (cpu > st->max_cpu) st->max_cpu = cpu;
+  if ((w > 0 && t1 - t0 > o->bound_ms) || cpu > o->bound_ms)
+    st->stalled++;
+  else if (t1 - t0 > o->bound_ms)
+    st->late++; /* preempted: other processes had the CPU */
+  add(&st->took, t1 - t0);
+  if (t1 - t0 > st->max) st->max = t1 - t0;
+}
+
+/* script.pollfd() and script.timeout() (ms, -1: none) */
+static int script_fd(lua_State *L, int script) {
+  int fd;
+  lua_getfield(L, script, "pollfd");
+  call(L, 0, 1);
+  fd = lua_isinteger(L, -1) ? (int)lua_tointeger(L, -1) : -1;
+  lua_pop(L, 1);
+  return fd;
+}
+
+static int script_timeout_ms(lua_State *L, int script) {
+  int ms = -1;
+  lua_getfield(L, script, "timeout");
+  call(L, 0, 1);
+  if (lua_isnumber(L, -1)) {
+    double t = lua_tonumber(L, -1) * 1e3;
+    ms = t > 1e6 ? 1000000 : (int)t + (t > (int)t);
+  }
+  lua_pop(L, 1);
+  return ms;
+}
+
 int main(int argc, char **argv) {
   options o;
   lua_State *L;
-  double *took = NULL, next, start, max = 0, max_cpu = 0, p99;
-  size_t ticks = 0, cap = 0, waited = 0, stalled = 0, late = 0;
+  double start;
+  stats st;
+  size_t ticks = 0, wakes = 0, osvi_wakes = 0;
   lua_Integer calls, pages, total, waiting;
-  int done = 0, status = 0, script;
+  int done = 0, status = 0, script, fd;
 
   parse_args(argc, argv, &o);
+  memset(&st, 0, sizeof st);
   L = luaL_newstate();
   if (L == NULL) return EXIT_LUA;
   luaL_openlibs(L);
@@ -196,12 +295,13 @@ int main(int argc, char **argv) {
   luaL_requiref(L, "osvi", luaopen_osvi, 0);
   lua_pop(L, 1);
 
-  /* the script gets its settings as `...` and returns {tick, summary} */
+  /* the script gets its settings as `...` and returns {tick, pump, pollfd,
+  ** timeout, summary} */
   if (luaL_loadfile(L, o.script) != LUA_OK) {
     fprintf(stderr, "host: %s\n", lua_tostring(L, -1));
     return EXIT_LUA;
   }
-  lua_createtable(L, 0, 5);
+  lua_createtable(L, 0, 6);
   lua_pushstring(L, o.url);
   lua_setfield(L, -2, "url");
   lua_pushstring(L, o.token);
@@ -214,6 +314,8 @@ int main(int argc, char **argv) {
   }
   lua_pushboolean(L, o.blocking);
   lua_setfield(L, -2, "blocking");
+  lua_pushboolean(L, o.tick_poll || o.blocking);
+  lua_setfield(L, -2, "tick_poll");
   call(L, 1, 1);
   script = lua_gettop(L);
   if (!lua_istable(L, script)) {
@@ -222,47 +324,87 @@ int main(int argc, char **argv) {
     return EXIT_LUA;
   }
 
-  /* the fixed-step loop: tick, then sleep until the next 16 ms boundary */
-  start = next = now_ms();
-  while (!done) {
-    double t0, t1, c0, cpu;
-    long w0, w;
-    if (now_ms() - start > (double)o.max_seconds * 1e3) {
-      fprintf(stderr, "host: the listing did not finish in %ld s\n",
-              o.max_seconds);
-      status = EXIT_COUNT;
-      break;
-    }
-    lua_getfield(L, script, "tick");
-    w0 = waits();
-    c0 = clock_ms(CLOCK_THREAD_CPUTIME_ID);
-    t0 = now_ms();
-    call(L, 0, 1);
-    t1 = now_ms();
-    cpu = clock_ms(CLOCK_THREAD_CPUTIME_ID) - c0;
-    w = waits() - w0;
-    done = lua_toboolean(L, -1);
-    lua_pop(L, 1);
-    waited += w > 0;
-    if (cpu > max_cpu) max_cpu = cpu;
-    if ((w > 0 && t1 - t0 > o.bound_ms) || cpu > o.bound_ms)
-      stalled++;
-    else if (t1 - t0 > o.bound_ms)
-      late++; /* preempted: other processes had the CPU */
-    if (ticks == cap) {
-      double *more = realloc(took, (cap = cap ? 2 * cap : 256) * sizeof *took);
-      if (more == NULL) {
-        fprintf(stderr, "host: out of memory\n");
-        return 1;
+  fd = script_fd(L, script);
+
+  start = now_ms();
+  if (o.tick_poll || o.blocking) {
+    /* the fixed-step loop: tick (which polls), then sleep until the next
+    ** tick boundary */
+    double next = start;
+    long tick_ms = o.tick_ms > 0 ? o.tick_ms : 16;
+    while (!done) {
+      if (now_ms() - start > (double)o.max_seconds * 1e3) {
+        fprintf(stderr, "host: the listing did not finish in %ld s\n",
+                o.max_seconds);
+        status = EXIT_COUNT;
+        break;
       }
-      took = more;
+      measured(L, script, "tick", 1, &o, &st);
+      ticks++;
+      wakes++;
+      done = lua_toboolean(L, -1);
+      lua_pop(L, 1);
+      next += (double)tick_ms;
+      while (next <= now_ms()) next += (double)tick_ms;
+      if (!done) sleep_until_ms(next);
     }
-    took[ticks++] = t1 - t0;
-    if (t1 - t0 > max) max = t1 - t0;
-    /* a late tick skips the boundaries it missed rather than bunching up */
-    next += (double)o.tick_ms;
-    while (next <= now_ms()) next += (double)o.tick_ms;
-    if (!done) sleep_until_ms(next);
+  } else {
+    /* wait on the tick's timerfd and the cursor's descriptor at once */
+    int ep = epoll_create1(EPOLL_CLOEXEC), tfd = -1;
+    struct epoll_event ev;
+    if (ep < 0) return 1;
+    if (o.tick_ms > 0) {
+      struct itimerspec its;
+      tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+      memset(&its, 0, sizeof its);
+      its.it_interval.tv_sec = o.tick_ms / 1000;
+      its.it_interval.tv_nsec = (o.tick_ms % 1000) * 1000000L;
+      its.it_value = its.it_interval;
+      if (tfd < 0 || timerfd_settime(tfd, 0, &its, NULL) != 0) return 1;
+      memset(&ev, 0, sizeof ev);
+      ev.events = EPOLLIN;
+      ev.data.u32 = 1;
+      epoll_ctl(ep, EPOLL_CTL_ADD, tfd, &ev);
+    }
+    if (fd >= 0) {
+      memset(&ev, 0, sizeof ev);
+      ev.events = EPOLLIN;
+      ev.data.u32 = 2;
+      epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
+    }
+    while (!done) {
+      struct epoll_event evs[4];
+      int i, n, timeout = script_timeout_ms(L, script), news = 0;
+      double left = (double)o.max_seconds * 1e3 - (now_ms() - start);
+      if (left <= 0) {
+        fprintf(stderr, "host: the listing did not finish in %ld s\n",
+                o.max_seconds);
+        status = EXIT_COUNT;
+        break;
+      }
+      if (timeout < 0 || timeout > left) timeout = (int)left + 1;
+      n = epoll_wait(ep, evs, 4, timeout);
+      wakes++;
+      if (n == 0) news = 1; /* osvi's deadline */
+      for (i = 0; i < n; i++) {
+        if (evs[i].data.u32 == 1) {
+          uint64_t expired;
+          if (read(tfd, &expired, sizeof expired) < 0) {}
+          measured(L, script, "tick", 0, &o, &st); /* the host's own work */
+          ticks++;
+        } else {
+          news = 1;
+        }
+      }
+      if (news) {
+        osvi_wakes++;
+        measured(L, script, "pump", 1, &o, &st);
+        done = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+      }
+    }
+    if (tfd >= 0) close(tfd);
+    close(ep);
   }
 
   lua_getfield(L, script, "summary");
@@ -273,19 +415,30 @@ int main(int argc, char **argv) {
   waiting = lua_tointeger(L, -1);
   lua_pop(L, 4);
 
-  qsort(took, ticks, sizeof *took, cmp_double);
-  p99 = ticks ? took[(ticks * 99 + 99) / 100 - 1] : 0;
-  printf("ticks %lu (%ld with no page in yet), %.0f ms, tick every %ld ms\n",
-         (unsigned long)ticks, (long)waiting, now_ms() - start, o.tick_ms);
-  printf("calls %ld of meta.total_count %ld, pages %ld\n", (long)calls,
-         (long)total, (long)pages);
-  printf("tick wall max %.3f ms, p99 %.3f ms; CPU max %.3f ms; bound %.0f ms\n",
-         max, p99, max_cpu, o.bound_ms);
-  printf("ticks that waited %lu, stalled %lu, late only from preemption %lu\n",
-         (unsigned long)waited, (unsigned long)stalled, (unsigned long)late);
-  if (status == 0 && stalled > 0) {
-    printf("FAIL: %lu tick(s) stalled (waited, or worked, over %.0f ms)\n",
-           (unsigned long)stalled, o.bound_ms);
+  {
+    double wall = now_ms() - start, p99 = pct(&st.took, 99);
+    printf("mode %s: %lu ticks (%ld found no page in yet), %.0f ms, "
+           "tick every %ld ms\n",
+           o.blocking ? "blocking" : o.tick_poll ? "tick-poll" : "descriptor",
+           (unsigned long)ticks, (long)waiting, wall, o.tick_ms);
+    printf("calls %ld of meta.total_count %ld, pages %ld\n", (long)calls,
+           (long)total, (long)pages);
+    printf("call wall max %.3f ms, p99 %.3f ms; CPU max %.3f ms; bound %.0f "
+           "ms\n",
+           st.max, p99, st.max_cpu, o.bound_ms);
+    printf("calls that waited %lu, stalled %lu, late only from preemption "
+           "%lu\n",
+           (unsigned long)st.waited, (unsigned long)st.stalled,
+           (unsigned long)st.late);
+    printf("wake-ups %lu (%.1f/s), for osvi %lu (%.1f/s)\n",
+           (unsigned long)wakes, (double)wakes * 1e3 / wall,
+           (unsigned long)(o.tick_poll || o.blocking ? wakes : osvi_wakes),
+           (double)(o.tick_poll || o.blocking ? wakes : osvi_wakes) * 1e3 /
+               wall);
+  }
+  if (status == 0 && st.stalled > 0) {
+    printf("FAIL: %lu call(s) stalled (waited, or worked, over %.0f ms)\n",
+           (unsigned long)st.stalled, o.bound_ms);
     status = EXIT_STALL;
   }
   if (status == 0 && calls != total) {
@@ -294,7 +447,7 @@ int main(int argc, char **argv) {
     status = EXIT_COUNT;
   }
   if (status == 0) printf("ok\n");
-  free(took);
+  free(st.took.v);
   lua_close(L);
   return status;
 }
