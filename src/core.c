@@ -853,7 +853,13 @@ void osvi_core_push_meta(lua_State *L, int core) {
 **   local page, err = core:next_page()  -- page | false (wait) | nil (done)
 **   core:timeout()                      -- seconds until a retry is due
 ** `now` (monotonic seconds) can be given as a last argument to each, for
-** simulated time; it defaults to the clock.
+** simulated time; it defaults to the clock. After `now`, for transports
+** that re-send on their own (a kept-alive connection found dead, as libcurl
+** does): each request carries `attempt` and `budget` (requests the
+** transport may send for it, re-sends included), and answer() and failed()
+** take `sends`, how many it sent (default 1). failed() then takes the HTTP
+** `status` of a response that began but did not complete (a body cut off
+** or over the cap).
 ** --------------------------------------------------------------------- */
 
 static double arg_now(lua_State *L, int idx) {
@@ -877,10 +883,11 @@ static int policy_int(lua_State *L, int opts, const char *key, int def,
 }
 
 /* osvi.core([filters [, options]]) -> core, for a listing; options: prefetch,
-** max_retries, retry_base, seed, one (true: a single page, as page()). */
+** max_retries, retry_base, seed, one (true: a single page, as page()),
+** count (true: one call of the first page, as count(): meta.total_count). */
 static int core_new_lua(lua_State *L) {
   osvi_core_policy p;
-  int opts = lua_istable(L, 2) ? 2 : 0, one = 0;
+  int opts = lua_istable(L, 2) ? 2 : 0, one = 0, count = 0;
   if (!lua_isnoneornil(L, 2) && opts == 0)
     osvi_usage_error(L, NULL, "osvi.core: expected a table of options, got %s",
                      luaL_typename(L, 2));
@@ -903,14 +910,26 @@ static int core_new_lua(lua_State *L) {
     lua_getfield(L, opts, "one");
     one = lua_toboolean(L, -1);
     lua_pop(L, 1);
+    lua_getfield(L, opts, "count");
+    count = lua_toboolean(L, -1);
+    lua_pop(L, 1);
   }
   lua_settop(L, 1);
-  osvi_core_new(L, 1, one ? OSVI_CORE_ONE : OSVI_CORE_LIST, &p);
+  osvi_core_new(L, 1, one || count ? OSVI_CORE_ONE : OSVI_CORE_LIST, &p);
+  if (count) osvi_core_one_page(osvi_core_check(L, -1), 0, 1);
   return 1;
 }
 
-/* core:requests([now]) -> {{id =, query =, page =}, ...}: every request to
-** send now (each is then in flight until answered or failed). */
+/* The optional `sends` argument at idx: requests sent for one attempt. */
+static int arg_sends(lua_State *L, int idx) {
+  lua_Integer n = luaL_optinteger(L, idx, 1);
+  luaL_argcheck(L, n >= 1 && n <= 100, idx, "expected a count from 1 to 100");
+  return (int)n;
+}
+
+/* core:requests([now]) -> {{id =, query =, page =, attempt =, budget =},
+** ...}: every request to send now (each is then in flight until answered
+** or failed). */
 static int core_requests(lua_State *L) {
   osvi_core_request r;
   double now;
@@ -920,20 +939,24 @@ static int core_requests(lua_State *L) {
   lua_settop(L, 1);
   lua_newtable(L);
   while (osvi_core_next_request(L, 1, now, &r)) {
-    lua_createtable(L, 0, 3);
+    lua_createtable(L, 0, 5);
     lua_insert(L, -2);
     lua_setfield(L, -2, "query");
     lua_pushinteger(L, (lua_Integer)r.id);
     lua_setfield(L, -2, "id");
     lua_pushinteger(L, r.page);
     lua_setfield(L, -2, "page");
+    lua_pushinteger(L, r.attempt);
+    lua_setfield(L, -2, "attempt");
+    lua_pushinteger(L, r.budget);
+    lua_setfield(L, -2, "budget");
     lua_rawseti(L, 2, ++n);
   }
   return 1;
 }
 
-/* core:answer(id, status, body [, retry_after [, now]]); retry_after is
-** the Retry-After header as received, or seconds. */
+/* core:answer(id, status, body [, retry_after [, now [, sends]]]);
+** retry_after is the Retry-After header as received, or seconds. */
 static int core_answer_lua(lua_State *L) {
   lua_Integer id = luaL_checkinteger(L, 2);
   lua_Integer status = luaL_checkinteger(L, 3);
@@ -950,11 +973,12 @@ static int core_answer_lua(lua_State *L) {
     retry_after = x >= 0 && x < 1e9 ? (long)ceil(x) : -1;
   }
   now = arg_now(L, 6);
-  osvi_core_answer(L, 1, (unsigned)id, (long)status, retry_after, 4, 1, now);
+  osvi_core_answer(L, 1, (unsigned)id, (long)status, retry_after, 4,
+                   arg_sends(L, 7), now);
   return 0;
 }
 
-/* core:failed(id, kind, message [, retryable [, now]]) */
+/* core:failed(id, kind, message [, retryable [, now [, sends [, status]]]]) */
 static int core_failed_lua(lua_State *L) {
   static const char *const kinds[] = {
 #define OSVI_KIND_NAME(name, str) str,
@@ -966,9 +990,13 @@ static int core_failed_lua(lua_State *L) {
   const char *msg = luaL_optstring(L, 4, "the request failed");
   int retryable = lua_toboolean(L, 5);
   double now = arg_now(L, 6);
+  int sends = arg_sends(L, 7);
+  lua_Integer status = luaL_optinteger(L, 8, 0);
   osvi_core_check(L, 1);
-  osvi_error_push(L, (osvi_kind)kind, 0, "%s", msg);
-  osvi_core_failed(L, 1, (unsigned)id, retryable, 1, now);
+  luaL_argcheck(L, status == 0 || (status >= 100 && status <= 999), 8,
+                "expected an HTTP status");
+  osvi_error_push(L, (osvi_kind)kind, (long)status, "%s", msg);
+  osvi_core_failed(L, 1, (unsigned)id, retryable, sends, now);
   return 0;
 }
 
