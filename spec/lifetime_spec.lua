@@ -554,7 +554,7 @@ describe("lifetime", function()
         local _, outer_ok, outer = with_finalizers(function(k)
           if k ~= at then return end
           if ACTION == "close" then A:close()
-          elseif ACTION == "client_close" then c:close()
+          elseif ACTION == "client_close" then c:close(); inner.closed = true
           elseif ACTION == "next_page" then inner[#inner + 1] = { pcall(A.next_page, A) }
           elseif ACTION == "step" then inner[#inner + 1] = { pcall(A) }
           elseif ACTION == "poll" then inner[#inner + 1] = { pcall(A.poll, A) }
@@ -568,7 +568,9 @@ describe("lifetime", function()
         end
         local ok, why = same(got, PICKED, #got)
         if not ok then problems[#problems + 1] = "A's calls: " .. why end
-        if ACTION == "client_close" then
+        -- (with pages in flight, one next_page() does not always make as
+        -- many allocations as the one counted: the close may not have come)
+        if ACTION == "client_close" and inner.closed then
           local ok2, err2 = pcall(A.next_page, A)
           if ok2 or type(err2) ~= "table" or err2.kind ~= "usage" then
             problems[#problems + 1] = "A's next step after the client closed: " .. (ok2 and "no error" or show(err2))
