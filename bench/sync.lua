@@ -1,0 +1,146 @@
+--[[
+bench/sync.lua -- the figures of bench/README.md's "osvi-calls sync" section.
+
+  lua5.4 bench/sync.lua [reps=3] [calls=100000]
+
+Starts the local server (spec/support/server.lua) with `calls` calls and, `reps` times each,
+round-robin, median reported:
+  - iterate: every call with client:calls{} and no database (prefetch 4), the baseline;
+  - sqlite:  a first sync of every call into a new SQLite file (osvi.sync, prefetch 4);
+  - postgres: the same into a new PostgreSQL database, on a server this script starts in a
+    temporary directory (initdb + pg_ctl, as spec/sync_spec.lua does; skipped without them);
+then, on the SQLite copy, 1,000 calls arrive and an incremental sync reads them, with the
+default overlap (2 days) and with 1 hour: requests counted at the server, time.
+]]
+package.path = "./lua/?.lua;" .. package.path
+package.cpath = "./?.so;" .. package.cpath
+local osvi = require "osvi"
+local sync = require "osvi.sync"
+local socket = require "socket"
+local cjson = require "cjson"
+
+local REPS = math.max(2, tonumber(arg[1]) or 3) -- two copies at least: one per incremental run
+local CALLS = tonumber(arg[2]) or 100000
+local TOKEN = "osvi-test-token1"
+local TMP = os.tmpname()
+os.remove(TMP)
+os.execute("mkdir -p " .. TMP)
+
+local function sh(cmd)
+  local p = io.popen(cmd .. " 2>&1; echo \"@@$?\"")
+  local out = p:read("*a")
+  p:close()
+  local body, rc = out:match("^(.-)@@(%d+)%s*$")
+  return tonumber(rc) == 0, body or out
+end
+
+-- the local server
+local proc = assert(io.popen(string.format("exec lua5.4 spec/support/server.lua --port 0 --calls %d --token %s "
+  .. "--now 2026-06-30T20:00:00+05:30 --exit-with-parent", CALLS, TOKEN)))
+local line = proc:read("*l") or ""
+local url, server_pid = line:match("listening on (%S+) pid=(%d+)")
+assert(url, "the server did not start")
+local host, port = url:match("^http://([^:/]+):(%d+)")
+local function control(method, path, body)
+  local c = assert(socket.connect(host, tonumber(port)))
+  body = body and cjson.encode(body) or ""
+  c:send(string.format("%s %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
+    method, path, #body, body))
+  local resp = c:receive("*a")
+  c:close()
+  return cjson.decode(resp:match("\r\n\r\n(.*)$"))
+end
+local function client() return osvi.new { token = TOKEN, base_url = url, prefetch = 4 } end
+
+-- PostgreSQL in a temporary directory (skipped when it cannot start)
+local pg_url, pg_stop
+do
+  local ok, dir = sh("ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1")
+  dir = ok and dir:gsub("%s+$", "") or ""
+  local root = sh("test \"$(id -u)\" = 0")
+  local as = root and "runuser -u postgres -- " or ""
+  local pgdir = TMP .. "/pg"
+  if dir ~= "" and pcall(require, "dbd.postgresql") then
+    sh("mkdir -p " .. pgdir .. (root and " && chown postgres " .. pgdir or ""))
+    if sh(as .. dir .. "/initdb -D " .. pgdir .. "/data -U osvi -A trust -E UTF8 --locale=C")
+        and sh(as .. dir .. "/pg_ctl -D " .. pgdir .. "/data -l " .. pgdir .. "/log -w start -o \"-k " .. pgdir
+          .. " -c listen_addresses= -p 54331\"") then
+      pg_url = "postgres://osvi@/%s?host=" .. pgdir .. "&port=54331"
+      pg_stop = as .. dir .. "/pg_ctl -D " .. pgdir .. "/data -m fast -w stop"
+    end
+  end
+end
+local pg_n = 0
+local function pg_fresh()
+  pg_n = pg_n + 1
+  local DBI = require "DBI"
+  local conn = assert(DBI.Connect("PostgreSQL", "postgres", "osvi", nil, TMP .. "/pg", 54331))
+  conn:autocommit(true)
+  assert(conn:prepare("CREATE DATABASE bench" .. pg_n)):execute()
+  conn:close()
+  return string.format(pg_url, "bench" .. pg_n)
+end
+
+local function timed(fn)
+  collectgarbage()
+  local t = socket.gettime()
+  local extra = fn()
+  return socket.gettime() - t, extra
+end
+
+local function median(t)
+  table.sort(t)
+  return t[math.floor((#t + 1) / 2)]
+end
+
+local times = { iterate = {}, sqlite = {}, postgres = {} }
+-- one listing first: the server builds and caches its pages
+do local c = client(); for _ in c:calls {} do end; c:close() end
+for rep = 1, REPS do
+  times.iterate[rep] = timed(function()
+    local c, n = client(), 0
+    for _ in c:calls {} do n = n + 1 end
+    c:close()
+    assert(n == CALLS)
+  end)
+  times.sqlite[rep] = timed(function()
+    local r = sync.run { db = "sqlite:" .. TMP .. "/sync" .. rep .. ".sqlite", client = client() }
+    assert(r.new == CALLS)
+  end)
+  if pg_url then
+    local db = pg_fresh()
+    times.postgres[rep] = timed(function()
+      local r = sync.run { db = db, client = client() }
+      assert(r.new == CALLS)
+    end)
+  end
+end
+
+local it = median(times.iterate)
+print(string.format("%d calls, %d reps, medians:", CALLS, REPS))
+print(string.format("  iterate, no database         %6.2f s", it))
+print(string.format("  first sync into SQLite       %6.2f s  (%.2fx)", median(times.sqlite), median(times.sqlite) / it))
+if pg_url then
+  print(string.format("  first sync into PostgreSQL   %6.2f s  (%.2fx)", median(times.postgres),
+    median(times.postgres) / it))
+else
+  print("  first sync into PostgreSQL   skipped (no PostgreSQL or lua-dbi-postgresql)")
+end
+
+-- incremental: 1,000 new calls on a copy of the data set, with the default overlap (2 days)
+-- and with 1 hour, each on a copy of its own (the server back to the data set in between)
+for k, overlap in ipairs { sync.DEFAULT_OVERLAP, 3600 } do
+  local db = "sqlite:" .. TMP .. "/sync" .. k .. ".sqlite"
+  control("POST", "/_control/reset")
+  control("POST", "/_control/arrive", { calls = 1000 })
+  local before = control("GET", "/_control/stats").requests
+  local t, r = timed(function() return sync.run { db = db, client = client(), overlap = overlap } end)
+  local requests = control("GET", "/_control/stats").requests - before
+  print(string.format("  incremental, 1,000 new, overlap %-6s %d requests, %d calls read (%d new, %d updated, "
+    .. "%d unchanged), %.2f s", overlap == 3600 and "1h" or "2d", requests, r.calls, r.new, r.updated, r.unchanged, t))
+end
+
+if pg_stop then sh(pg_stop) end
+os.execute("kill " .. server_pid) -- it would wait for this process to exit, and this one for it
+proc:close()
+os.execute("rm -rf " .. TMP)
