@@ -389,11 +389,13 @@ static int one_page_run(lua_State *L) {
   osvi_link link;
   int core;
   osvi_client_policy(c, &p);
+  /* the base URL as a Lua string on this stack: a finaliser that closes
+  ** the client meanwhile frees the client's copy */
+  link.base_url = lua_pushstring(L, c->base_url);
+  link.log = c->log;
   osvi_core_new(L, 2, OSVI_CORE_ONE, &p);
   if (count) osvi_core_one_page(osvi_core_check(L, -1), 0, 1);
   core = lua_gettop(L);
-  link.base_url = c->base_url;
-  link.log = c->log;
   if (osvi_easy_run(L, core, &c->http, &c->closed, &link) != OSVI_CORE_PAGE) {
     lua_pushnil(L);
     lua_insert(L, -2);

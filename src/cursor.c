@@ -102,10 +102,12 @@ static int step_protected(lua_State *L) {
   lua_settop(L, 2);
   c = step_client(L, 1);
   client = lua_gettop(L);
+  /* the base URL as a Lua string on this stack: a finaliser that closes
+  ** the client during the step frees the client's copy */
+  link.base_url = lua_pushstring(L, c->base_url);
+  link.log = c->log;
   lua_getiuservalue(L, 1, UV_CORE);
   core = lua_gettop(L);
-  link.base_url = c->base_url;
-  link.log = c->log;
   if (mode == 2) {
     if (k->pool != NULL && osvi_pool_usable(k->pool))
       osvi_pool_pump(L, core, k->pool, &link);
