@@ -22,6 +22,7 @@ files["bin/osvi-calls"] = { std = any_lua }
 files["spec"] = { std = any_lua .. "+busted", ignore = { "512" } }
 -- the local server stays on Lua 5.4 (see the Makefile), and is no spec
 files["spec/support/server.lua"] = { std = "lua54" }
+files["spec/support/osvi_server.lua"] = { std = "lua54" }
 
 -- examples: report.lua is kept to what every version has; export_csv.lua
 -- uses <close> (5.4); embed/ runs inside the C host (5.4)

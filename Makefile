@@ -9,33 +9,37 @@ LUA         ?= lua5.4
 LUA_VERSION ?= 5.4
 LUA_INCDIR  ?= /usr/include/lua$(LUA_VERSION)
 BUILD       ?= $(if $(filter 5.4,$(LUA_VERSION)),,build/$(notdir $(patsubst %/,%,$(LUA_INCDIR))))
-# Lua 5.1 and LuaJIT use Debian's lua-compat53 header (lua-compat53-dev)
-COMPAT53_INCDIR ?= /usr/include/lua5.1
-COMPAT_CFLAGS = $(if $(filter 5.1,$(LUA_VERSION)),-isystem $(COMPAT53_INCDIR))
 LUA_LIBDIR  ?= /usr/lib/x86_64-linux-gnu
 INST_LIBDIR ?= /usr/local/lib/lua/$(LUA_VERSION)
+# resty.osvi (lua/resty/): OpenResty's LuaJIT reads /usr/local/share/lua/5.1;
+# osvi.sync (lua/osvi/: osvi-calls sync) goes there too
+INST_LUADIR ?= /usr/local/share/lua/$(LUA_VERSION)
 CURL_CFLAGS ?= $(shell pkg-config --cflags libcurl 2>/dev/null)
 CURL_LIBS   ?= $(shell pkg-config --libs libcurl 2>/dev/null || echo -lcurl)
 
+# ensure_pkgs (installs what is missing) and OSVI_WARN (the warning flags)
+include mk/pkgs.mk mk/warn.mk
+
 CC      ?= cc
-WARN    = -Wall -Wextra -Wshadow -Wmissing-prototypes -Wstrict-prototypes \
-          -Wpointer-arith -Wcast-qual -pedantic
+WARN    = $(OSVI_WARN)
 CFLAGS  ?= -O2 -g
 ALL_CFLAGS = -std=c99 -D_POSIX_C_SOURCE=200809L -fPIC $(WARN) $(CFLAGS) \
-          -I$(LUA_INCDIR) $(COMPAT_CFLAGS) $(CURL_CFLAGS)
+          -I$(LUA_INCDIR) $(CURL_CFLAGS)
 LIBFLAG ?= -shared
 LIBS    = $(CURL_LIBS) -lpthread -lm
 
 SRC = src/osvi.c src/client.c src/cursor.c src/core.c src/transport.c src/query.c \
       src/http.c src/decode.c src/error.c src/time.c
-HDR = src/osvi.h src/compat.h
+HDR = src/osvi.h src/compat.h src/curl_check.h
 # the module and its objects: ./osvi.so and src/*.o, or under $(BUILD)
 SO  = $(if $(BUILD),$(BUILD)/osvi.so,osvi.so)
 OBJ = $(if $(BUILD),$(patsubst src/%.c,$(BUILD)/%.o,$(SRC)),$(SRC:.c=.o))
 
 # Debian packages, by purpose
 PKGS_BUILD = gcc make pkg-config lua5.4 liblua5.4-dev libcurl4-openssl-dev lua-cjson
-PKGS_TEST  = $(PKGS_BUILD) lua-socket lua-busted openssl procps binutils curl lua-posix valgrind
+PKGS_TEST  = $(PKGS_BUILD) lua-socket lua-busted openssl procps binutils curl lua-posix valgrind lua-cqueues lua-luv \
+             nginx libnginx-mod-http-lua luajit2 libluajit2-5.1-dev \
+             lua-dbi-sqlite3 lua-dbi-postgresql postgresql
 PKGS_DEMO  = $(PKGS_BUILD) lua-socket
 
 PORT ?= 0
@@ -63,19 +67,14 @@ install: $(SO)
 	install -d $(DESTDIR)$(INST_LIBDIR) $(DESTDIR)$(INST_BINDIR)
 	install -m 0755 $(SO) $(DESTDIR)$(INST_LIBDIR)/osvi.so
 	install -m 0755 bin/osvi-calls $(DESTDIR)$(INST_BINDIR)/osvi-calls
+	install -d $(DESTDIR)$(INST_LUADIR)/resty/osvi
+	install -m 0644 lua/resty/osvi.lua $(DESTDIR)$(INST_LUADIR)/resty/osvi.lua
+	install -m 0644 lua/resty/osvi/http.lua $(DESTDIR)$(INST_LUADIR)/resty/osvi/http.lua
+	install -d $(DESTDIR)$(INST_LUADIR)/osvi
+	install -m 0644 lua/osvi/sync.lua lua/osvi/sync_cli.lua $(DESTDIR)$(INST_LUADIR)/osvi/
 
-# Install only the packages that are missing (apt-get needs root). A package
-# removed but with its configuration left behind counts as missing.
-define ensure_pkgs
-	@missing=""; for p in $(1); do \
-	  [ "$$(dpkg-query -W -f='$${db:Status-Status}' $$p 2>/dev/null)" = installed ] || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
-	fi
-endef
-
+# Packages are installed only when missing (apt-get needs root): ensure_pkgs,
+# in mk/pkgs.mk.
 deps-build:
 	$(call ensure_pkgs,$(PKGS_BUILD))
 deps-test:
@@ -85,6 +84,8 @@ deps-demo:
 
 test: deps-test
 	$(MAKE) all
+	@# resty.osvi's spec runs nginx's Lua module (OpenResty's LuaJIT) with this build
+	$(MAKE) --no-print-directory $(VERSION_ARGS_luajit) BUILD=build/luajit all
 	sh spec/run.sh
 
 demo: deps-demo
@@ -103,10 +104,11 @@ VERSION_ARGS_lua5.3 = LUA_VERSION=5.3 LUA=lua5.3
 VERSION_ARGS_lua5.1 = LUA_VERSION=5.1 LUA=lua5.1
 VERSION_ARGS_luajit = LUA_VERSION=5.1 LUA_INCDIR=/usr/include/luajit-2.1 LUA=luajit
 VERSION_PKGS_lua5.3 = lua5.3 liblua5.3-dev
-VERSION_PKGS_lua5.1 = lua5.1 liblua5.1-0-dev lua-compat53-dev
+VERSION_PKGS_lua5.1 = lua5.1 liblua5.1-0-dev
 # OpenResty's LuaJIT 2.1 (Debian's luajit2): the one Debian's nginx Lua
 # module uses, so the OpenResty example and these specs can share a machine
-VERSION_PKGS_luajit = luajit2 libluajit2-5.1-dev lua-compat53-dev
+# (Debian's luajit and libluajit-5.1-dev would remove libnginx-mod-http-lua)
+VERSION_PKGS_luajit = luajit2 libluajit2-5.1-dev
 
 .PHONY: test-versions $(addprefix test-,$(TEST_VERSIONS))
 $(addprefix test-,$(TEST_VERSIONS)): test-%: deps-test
@@ -172,10 +174,12 @@ include spec/c/check.mk
 include spec/fuzz/fuzz.mk
 
 # a sub-make, so that the tools deps-check installs are seen by the rules
-# the module installed by luarocks (offline, a throw-away tree), and the
-# local server's own smoke test
+# the source rock packed, served from a local directory and installed with
+# luarocks into fresh trees for Lua 5.4 and LuaJIT, then used from them
+# (offline: spec/luarocks.sh), and the local server's own smoke test
 .PHONY: check-luarocks check-server
-check-luarocks: deps-check
+check-luarocks: deps-test
+	$(call ensure_pkgs,luarocks git zip unzip $(VERSION_PKGS_luajit))
 	sh spec/luarocks.sh
 check-server: deps-test
 	bash spec/support/server_smoke.sh

@@ -4,23 +4,27 @@
 #   make -f lint.mk format-check   clang-format --dry-run --Werror (.clang-format)
 #   make -f lint.mk cppcheck       cppcheck on src/, as Lua 5.4 and as Lua 5.1
 #   make -f lint.mk clang-tidy     clang-tidy on src/ (.clang-tidy), as Lua 5.4
-#                                  and as Lua 5.1 with lua-compat53
+#                                  and as Lua 5.1
 #   make -f lint.mk luacheck       luacheck on every Lua file (.luacheckrc)
 #   make -f lint.mk format         rewrites the C files in place (clang-format -i)
 #
 # Run from the repository root, standalone as above or after `include lint.mk`
 # in the Makefile (it then leaves the Makefile's default goal alone). Each
 # target first installs the Debian packages it needs when they are missing
-# (apt-get, as root). Variables are prefixed LINT_ so that nothing clashes with
-# the Makefile's. LINT_SKIP lists directories to leave out of format-check and
-# luacheck, e.g. `make -f lint.mk lint LINT_SKIP=bench`.
+# (apt-get, as root: ensure_pkgs, mk/pkgs.mk). Variables are prefixed LINT_
+# so that nothing clashes with the Makefile's. LINT_SKIP lists directories to
+# leave out of format-check and luacheck, e.g. `make -f lint.mk lint
+# LINT_SKIP=bench`.
 #
 # The Lua 5.1 passes see compat.h's code for Lua 5.3, 5.1 and LuaJIT, which the
 # Lua 5.4 passes do not compile. Neither pass needs a compile database: the
 # flags are the Makefile's ALL_CFLAGS without code generation, given on the
-# command line (clang-tidy ... -- FLAGS).
+# command line (clang-tidy ... -- FLAGS), with the project's warning flags
+# (OSVI_WARN, mk/warn.mk).
 
 LINT_SAVED_DEFAULT_GOAL := $(.DEFAULT_GOAL)
+LINT_MK_DIR := $(dir $(lastword $(MAKEFILE_LIST)))mk
+include $(LINT_MK_DIR)/pkgs.mk $(LINT_MK_DIR)/warn.mk
 
 LINT_SKIP ?=
 
@@ -30,13 +34,11 @@ LINT_CPPCHECK     ?= cppcheck
 LINT_LUACHECK     ?= luacheck
 
 LINT_LUA54_INCDIR ?= /usr/include/lua5.4
-# Lua 5.1's headers and Debian's lua-compat53 (compat-5.3.h) share a directory
 LINT_LUA51_INCDIR ?= /usr/include/lua5.1
 
 # Debian packages, by target
 LINT_PKGS_FORMAT   = clang-format
-LINT_PKGS_HEADERS  = pkg-config liblua5.4-dev liblua5.1-0-dev lua-compat53-dev \
-                     libcurl4-openssl-dev
+LINT_PKGS_HEADERS  = pkg-config liblua5.4-dev liblua5.1-0-dev libcurl4-openssl-dev
 LINT_PKGS_CPPCHECK = cppcheck $(LINT_PKGS_HEADERS)
 LINT_PKGS_TIDY     = clang-tidy $(LINT_PKGS_HEADERS)
 LINT_PKGS_LUACHECK = lua-check
@@ -69,8 +71,7 @@ LINT_CPPCHECK_FLAGS ?= --std=c99 --enable=warning,style,performance,portability 
 
 # the checks are in .clang-tidy; errors and warnings alike make it fail
 LINT_TIDY_FLAGS ?= --quiet
-LINT_TIDY_CFLAGS = -std=c99 $(LINT_DEFINES) -Wall -Wextra -Wshadow \
-  -Wmissing-prototypes -Wstrict-prototypes -Wpointer-arith -Wcast-qual -pedantic
+LINT_TIDY_CFLAGS = -std=c99 $(LINT_DEFINES) $(OSVI_WARN)
 # Lua 5.1: lua_rawgeti and friends take an int where 5.4 takes a lua_Integer,
 # so every lua_Integer index narrows there; the 5.4 pass checks those lines.
 LINT_TIDY51_CHECKS = -bugprone-narrowing-conversions
@@ -80,43 +81,29 @@ LINT_TIDY51_CHECKS = -bugprone-narrowing-conversions
 lint_tidy = out=$$($(LINT_CLANG_TIDY) $(1) 2>&1); rc=$$?; \
   printf '%s\n' "$$out" | grep -v 'warnings\? generated\.$$'; exit $$rc
 
-# $(call lint_ensure_pkgs,PACKAGES): installs those that are missing. As in
-# the Makefile, a package removed with its configuration left behind (which
-# `dpkg -s` still finds) counts as missing.
-define lint_ensure_pkgs
-	@missing=""; for p in $(1); do \
-	  [ "$$(dpkg-query -W -f='$${db:Status-Status}' $$p 2>/dev/null)" = installed ] || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-	    apt-get install -y -qq --no-install-recommends $$missing; \
-	fi
-endef
-
 .PHONY: lint format-check format cppcheck clang-tidy luacheck
 
 lint: format-check cppcheck clang-tidy luacheck
 	@echo "lint: clean"
 
 format-check:
-	$(call lint_ensure_pkgs,$(LINT_PKGS_FORMAT))
+	$(call ensure_pkgs,$(LINT_PKGS_FORMAT))
 	$(LINT_CLANG_FORMAT) --dry-run --Werror $(LINT_C_FILES)
 	@echo "format-check: $(words $(LINT_C_FILES)) files formatted"
 
 format:
-	$(call lint_ensure_pkgs,$(LINT_PKGS_FORMAT))
+	$(call ensure_pkgs,$(LINT_PKGS_FORMAT))
 	$(LINT_CLANG_FORMAT) -i $(LINT_C_FILES)
 
 cppcheck:
-	$(call lint_ensure_pkgs,$(LINT_PKGS_CPPCHECK))
+	$(call ensure_pkgs,$(LINT_PKGS_CPPCHECK))
 	$(LINT_CPPCHECK) $(LINT_CPPCHECK_FLAGS) -I$(LINT_LUA54_INCDIR) src/
 	$(LINT_CPPCHECK) $(LINT_CPPCHECK_FLAGS) -I$(LINT_LUA51_INCDIR) \
 	  '--suppress=*:$(LINT_LUA51_INCDIR)/*' src/
 	@echo "cppcheck: clean (Lua 5.4 and 5.1)"
 
 clang-tidy:
-	$(call lint_ensure_pkgs,$(LINT_PKGS_TIDY))
+	$(call ensure_pkgs,$(LINT_PKGS_TIDY))
 	$(call lint_tidy,$(LINT_TIDY_FLAGS) $(LINT_SRC) -- $(LINT_TIDY_CFLAGS) \
 	  -I$(LINT_LUA54_INCDIR) $$(pkg-config --cflags libcurl))
 	$(call lint_tidy,$(LINT_TIDY_FLAGS) --checks=$(LINT_TIDY51_CHECKS) \
@@ -125,7 +112,7 @@ clang-tidy:
 	@echo "clang-tidy: clean (Lua 5.4 and 5.1)"
 
 luacheck:
-	$(call lint_ensure_pkgs,$(LINT_PKGS_LUACHECK))
+	$(call ensure_pkgs,$(LINT_PKGS_LUACHECK))
 	$(LINT_LUACHECK) --no-color --quiet $(LINT_LUA_PATHS) $(LINT_LUA_EXCLUDE)
 
 # Standalone, `make -f lint.mk` runs lint; included, the Makefile's default

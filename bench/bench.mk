@@ -3,13 +3,15 @@
 # (as root), builds osvi.so and the two C tools, then runs bench/run.lua. See bench/README.md.
 
 BENCH_DIR := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
+# ensure_pkgs (installs what is missing) and OSVI_WARN (the warning flags)
+include $(BENCH_DIR)/../mk/pkgs.mk $(BENCH_DIR)/../mk/warn.mk
 
 BENCH_LUA         ?= lua5.4
 # tools, the osvi.so under test, certificate, nginx files, logs, results.md; not under build/,
 # which `make clean` removes (perhaps while a benchmark runs)
 BENCH_BUILD       ?= $(BENCH_DIR)/.build
 BENCH_CC          ?= gcc
-BENCH_CFLAGS      ?= -O2 -Wall -Wextra
+BENCH_CFLAGS      ?= -O2 $(OSVI_WARN)
 BENCH_CALLS       ?= 100000
 BENCH_SMALL_CALLS ?= 10000
 BENCH_PER_PAGE    ?= 100
@@ -42,15 +44,9 @@ bench: bench-deps
 	BENCH_CONTENDERS='$(BENCH_CONTENDERS)' BENCH_OSVI_CPATH='$(abspath $(BENCH_BUILD))/lib/?.so' \
 	$(BENCH_LUA) $(BENCH_DIR)/run.lua
 
-# Only the packages that are missing; `apt-get update` only if the install needs it.
+# Only the packages that are missing (mk/pkgs.mk).
 bench-deps:
-	@missing=""; for p in $(BENCH_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-	  echo "bench: installing$$missing"; \
-	  export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get install -y -qq --no-install-recommends $$missing || \
-	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; }; \
-	fi
+	$(call ensure_pkgs,$(BENCH_PKGS))
 
 # The project's own build (unless BENCH_OSVI_SO names another file), then a private copy.
 bench-osvi:

@@ -15,28 +15,40 @@ into plain Lua tables, and a lazy page iterator.
    homepage = "https://github.com/osvi-ai/osvi-lua",
    license = "MIT",
 }
+-- Lua 5.1 to 5.4, LuaJIT 2.1 (which LuaRocks sees as Lua 5.1); the
+-- compatibility layer is osvi's own (src/compat.h)
 dependencies = {
-   "lua >= 5.4, < 5.5",
+   "lua >= 5.1, < 5.5",
    "lua-cjson >= 2.1.0",
 }
-external_dependencies = {
-   CURL = { header = "curl/curl.h" },
-}
 build = {
-   type = "builtin",
-   modules = {
-      osvi = {
-         sources = {
-            "src/osvi.c", "src/client.c", "src/cursor.c", "src/core.c", "src/transport.c", "src/query.c",
-            "src/http.c", "src/decode.c", "src/error.c", "src/time.c",
-         },
-         defines = { "_POSIX_C_SOURCE=200809L" },
-         libraries = { "curl", "pthread" },
-         incdirs = { "$(CURL_INCDIR)" },
-         libdirs = { "$(CURL_LIBDIR)" },
-      },
+   -- mk/rock.mk builds build/rock/osvi.so with libcurl's flags from pkg-config
+   -- or curl-config, else where the compiler looks by default (on Debian and
+   -- Ubuntu, the multiarch directories that LuaRocks' own search misses): no
+   -- CURL_* variable is needed, and where libcurl is missing it stops saying
+   -- which package to install. CURL_CFLAGS and CURL_LIBS in the environment
+   -- replace the flags.
+   type = "make",
+   makefile = "mk/rock.mk",
+   build_variables = {
+      CC = "$(CC)",
+      CFLAGS = "$(CFLAGS)",
+      LIBFLAG = "$(LIBFLAG)",
+      LUA_INCDIR = "$(LUA_INCDIR)",
+   },
+   install_variables = {
+      INST_LIBDIR = "$(LIBDIR)",
    },
    install = {
+      lua = {
+         -- for OpenResty / nginx's Lua module (LuaJIT): the cosocket transport
+         ["resty.osvi"] = "lua/resty/osvi.lua",
+         ["resty.osvi.http"] = "lua/resty/osvi/http.lua",
+         -- osvi-calls sync: a local copy in SQLite or PostgreSQL (LuaDBI:
+         -- Debian's lua-dbi-sqlite3 / lua-dbi-postgresql, or the luadbi rocks)
+         ["osvi.sync"] = "lua/osvi/sync.lua",
+         ["osvi.sync_cli"] = "lua/osvi/sync_cli.lua",
+      },
       bin = { ["osvi-calls"] = "bin/osvi-calls" },
    },
 }

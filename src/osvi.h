@@ -8,7 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include <curl/curl.h>
+#include "curl_check.h" /* <curl/curl.h>, or which package has it */
 
 #include "lua.h"
 #include "lauxlib.h"

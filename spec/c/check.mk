@@ -24,6 +24,8 @@
 
 # An included fragment must not become the default goal of the Makefile.
 CHECK_SAVED_DEFAULT_GOAL := $(.DEFAULT_GOAL)
+# OSVI_WARN, the project's warning flags
+include $(dir $(lastword $(MAKEFILE_LIST)))../../mk/warn.mk
 
 CHECK_CC          ?= $(if $(shell command -v clang-14 2>/dev/null),clang-14,cc)
 CHECK_LUA         ?= lua5.4
@@ -32,8 +34,7 @@ CHECK_LUA_LIBS    ?= $(or $(shell pkg-config --libs lua5.4 2>/dev/null),-llua5.4
 CHECK_CURL_CFLAGS ?= $(or $(CURL_CFLAGS),$(shell pkg-config --cflags libcurl 2>/dev/null))
 CHECK_CURL_LIBS   ?= $(or $(CURL_LIBS),$(shell pkg-config --libs libcurl 2>/dev/null),-lcurl)
 
-CHECK_WARN   ?= -Wall -Wextra -Wshadow -Wmissing-prototypes -Wstrict-prototypes \
-                -Wpointer-arith -Wcast-qual -pedantic
+CHECK_WARN   ?= $(OSVI_WARN)
 # osvi's sources: the Makefile's ALL_CFLAGS without CFLAGS (-O2 -g), which the
 # sanitizer flags below replace
 CHECK_CFLAGS ?= -std=c99 -D_POSIX_C_SOURCE=200809L -fPIC $(CHECK_WARN) \

@@ -57,12 +57,19 @@ end
 local Server = {}
 Server.__index = Server
 
---- Starts a server; opts: calls, seed, latency_ms. Returns the server object.
+-- The specs' servers serve a fixed data set: the newest call at this time
+-- (the server's default is the time it starts), so that dates in the specs
+-- match it whatever day they run.
+M.SERVER_NOW = "2026-06-30T20:00:00+05:30"
+
+--- Starts a server; opts: calls, seed, latency_ms, now (default M.SERVER_NOW).
+--- It exits with this process (--exit-with-parent). Returns the server object.
 function M.start(opts)
   opts = opts or {}
   local cmd = string.format(
-    "exec %s spec/support/server.lua --port 0 --calls %d --seed %d --token %s --latency-ms %d",
-    M.SERVER_LUA, opts.calls or 300, opts.seed or 1, M.TOKEN, opts.latency_ms or 0)
+    "exec %s spec/support/server.lua --port 0 --calls %d --seed %d --token %s --latency-ms %d"
+      .. " --now %s --exit-with-parent",
+    M.SERVER_LUA, opts.calls or 300, opts.seed or 1, M.TOKEN, opts.latency_ms or 0, opts.now or M.SERVER_NOW)
   local proc = assert(io.popen(cmd, "r"))
   local line = proc:read("*l")
   local url, pid = (line or ""):match("listening on (%S+) pid=(%d+)")

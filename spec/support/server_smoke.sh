@@ -16,7 +16,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$LUA" spec/support/server.lua --port 0 --calls 300 --token "$TOKEN" >"$tmp/stdout" 2>"$tmp/stderr" &
+# --now pins the data set's dates (the date filter check below names a day of it)
+NOW=2026-06-30T20:00:00+05:30
+"$LUA" spec/support/server.lua --port 0 --calls 300 --token "$TOKEN" --now "$NOW" \
+  >"$tmp/stdout" 2>"$tmp/stderr" &
 server_pid=$!
 for _ in $(seq 50); do
   grep -q '^osvi-server listening on ' "$tmp/stdout" && break
