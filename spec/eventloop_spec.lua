@@ -104,7 +104,8 @@ describe("host event loops", function()
     it_or_pending(loop .. ": 100 listings of 1,000 calls at once, each exactly once, the CPU idle while they wait",
       function()
         local out = run(script, server.url, 100, 20)
-        local n, lo, hi, ids, waiting = out:match("(%d+) listings of (%d+) to (%d+) calls, ids (%x+);.-([%d.]+)%% of the wall")
+        local n, lo, hi, ids, waiting =
+          out:match("(%d+) listings of (%d+) to (%d+) calls, ids (%x+);.-([%d.]+)%% of the wall")
         assert(n, out)
         assert.equal("100", n)
         assert.equal("1000", lo)

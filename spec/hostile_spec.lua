@@ -275,7 +275,6 @@ describe("hostile servers", function()
   end)
 
   describe("paging anomalies", function()
-    local body = H.ids_page
     local function ids_of(filters, opts)
       local out = {}
       local ok, err = pcall(function()

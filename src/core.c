@@ -589,7 +589,7 @@ static void resync(lua_State *L, int core, osvi_core *c, int keep) {
 static int hand_out(lua_State *L, int core, osvi_core *c, int i) {
   slot *s = &c->s[i];
   int page, data, meta;
-  lua_Integer n, first, last, j, k, skipped = 0;
+  lua_Integer n, first, last, skipped = 0;
   push_answers(L, core);
   lua_rawgeti(L, -1, i + 1);
   lua_remove(L, -2);
@@ -635,6 +635,7 @@ static int hand_out(lua_State *L, int core, osvi_core *c, int i) {
   if (first == 1 && last == n) {
     lua_pushvalue(L, data); /* the whole page: as it came */
   } else {
+    lua_Integer j, k;
     lua_createtable(L, last >= first ? (int)(last - first + 1) : 0, 0);
     for (j = first, k = 1; j <= last; j++, k++) {
       lua_rawgeti(L, data, j);

@@ -22,13 +22,13 @@
 enum { UV_CLIENT = 1, UV_CORE, UV_DATA, UV_POOL, UV_COUNT = UV_POOL };
 
 typedef struct osvi_cursor {
-  lua_Integer index; /* calls of the current data handed out */
-  lua_Integer count; /* calls in the current data */
-  osvi_pool *pool;   /* = uservalue UV_POOL while it is held */
+  lua_Integer index;         /* calls of the current data handed out */
+  lua_Integer count;         /* calls in the current data */
+  osvi_pool *pool;           /* = uservalue UV_POOL while it is held */
   const osvi_client *client; /* = uservalue UV_CLIENT, held for good */
-  int prefetch;      /* pages ahead: with 0, the client's handle is used */
-  int busy;          /* inside a step */
-  int orphan;        /* its client was closed: every step raises */
+  int prefetch; /* pages ahead: with 0, the client's handle is used */
+  int busy;     /* inside a step */
+  int orphan;   /* its client was closed: every step raises */
   int closed;
 } osvi_cursor;
 
@@ -279,8 +279,7 @@ static int cursor_timeout(lua_State *L) {
     return 1;
   }
   if (k->closed) return 0;
-  if (k->pool == NULL || !osvi_pool_usable(k->pool) ||
-      k->index < k->count) {
+  if (k->pool == NULL || !osvi_pool_usable(k->pool) || k->index < k->count) {
     lua_pushnumber(L, 0);
     return 1;
   }
@@ -292,7 +291,7 @@ static int cursor_timeout(lua_State *L) {
   }
   t = osvi_core_timeout(c, now); /* a retry due, or a request to send */
   if (t == 0 && osvi_pool_running(k->pool) >= osvi_pool_size(k->pool))
-    t = -1; /* it waits for a transfer to finish */
+    t = -1;                            /* it waits for a transfer to finish */
   u = osvi_pool_timeout(k->pool, now); /* libcurl's own deadline */
   if (u >= 0 && (t < 0 || u < t)) t = u;
   if (t < 0) return 0; /* the descriptor alone */
@@ -306,8 +305,10 @@ static int cursor_index(lua_State *L) {
     const char *key = lua_tostring(L, 2);
     if (strcmp(key, "meta") == 0 || strcmp(key, "stats") == 0) {
       if (lua_getiuservalue(L, 1, UV_CORE) != LUA_TUSERDATA) return 1;
-      if (key[0] == 'm') osvi_core_push_meta(L, -1);
-      else osvi_core_push_stats(L, lua_touserdata(L, -1));
+      if (key[0] == 'm')
+        osvi_core_push_meta(L, -1);
+      else
+        osvi_core_push_stats(L, lua_touserdata(L, -1));
       return 1;
     }
   }

@@ -208,8 +208,8 @@ typedef struct series {
 
 static void add(series *s, double x) {
   if (s->n == s->cap) {
-    double *more = realloc(s->v, (s->cap = s->cap ? 2 * s->cap : 256) *
-                                     sizeof *more);
+    double *more =
+        realloc(s->v, (s->cap = s->cap ? 2 * s->cap : 256) * sizeof *more);
     if (more == NULL) {
       fprintf(stderr, "host: out of memory\n");
       exit(1);
@@ -417,24 +417,29 @@ int main(int argc, char **argv) {
 
   {
     double wall = now_ms() - start, p99 = pct(&st.took, 99);
-    printf("mode %s: %lu ticks (%ld found no page in yet), %.0f ms, "
-           "tick every %ld ms\n",
-           o.blocking ? "blocking" : o.tick_poll ? "tick-poll" : "descriptor",
-           (unsigned long)ticks, (long)waiting, wall, o.tick_ms);
+    printf(
+        "mode %s: %lu ticks (%ld found no page in yet), %.0f ms, "
+        "tick every %ld ms\n",
+        o.blocking    ? "blocking"
+        : o.tick_poll ? "tick-poll"
+                      : "descriptor",
+        (unsigned long)ticks, (long)waiting, wall, o.tick_ms);
     printf("calls %ld of meta.total_count %ld, pages %ld\n", (long)calls,
            (long)total, (long)pages);
-    printf("call wall max %.3f ms, p99 %.3f ms; CPU max %.3f ms; bound %.0f "
-           "ms\n",
-           st.max, p99, st.max_cpu, o.bound_ms);
-    printf("calls that waited %lu, stalled %lu, late only from preemption "
-           "%lu\n",
-           (unsigned long)st.waited, (unsigned long)st.stalled,
-           (unsigned long)st.late);
-    printf("wake-ups %lu (%.1f/s), for osvi %lu (%.1f/s)\n",
-           (unsigned long)wakes, (double)wakes * 1e3 / wall,
-           (unsigned long)(o.tick_poll || o.blocking ? wakes : osvi_wakes),
-           (double)(o.tick_poll || o.blocking ? wakes : osvi_wakes) * 1e3 /
-               wall);
+    printf(
+        "call wall max %.3f ms, p99 %.3f ms; CPU max %.3f ms; bound %.0f "
+        "ms\n",
+        st.max, p99, st.max_cpu, o.bound_ms);
+    printf(
+        "calls that waited %lu, stalled %lu, late only from preemption "
+        "%lu\n",
+        (unsigned long)st.waited, (unsigned long)st.stalled,
+        (unsigned long)st.late);
+    printf(
+        "wake-ups %lu (%.1f/s), for osvi %lu (%.1f/s)\n", (unsigned long)wakes,
+        (double)wakes * 1e3 / wall,
+        (unsigned long)(o.tick_poll || o.blocking ? wakes : osvi_wakes),
+        (double)(o.tick_poll || o.blocking ? wakes : osvi_wakes) * 1e3 / wall);
   }
   if (status == 0 && st.stalled > 0) {
     printf("FAIL: %lu call(s) stalled (waited, or worked, over %.0f ms)\n",

@@ -97,5 +97,6 @@ for i = 1, n do
 end
 print(string.format("luv%s: %d listings of %d to %d calls, ids %s; wall %.3f s; CPU %.3f s, "
   .. "of which %.3f s on pages, %.3f s waiting (%.1f%% of the wall time)",
-  spin and " --spin" or "", n, min, max, same and digests[1] or "differ", wall, cpu, work, cpu - work, 100 * (cpu - work) / wall))
+  spin and " --spin" or "", n, min, max, same and digests[1] or "differ", wall, cpu, work, cpu - work,
+  100 * (cpu - work) / wall))
 client:close()

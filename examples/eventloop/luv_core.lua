@@ -60,15 +60,17 @@ local function get(query, done)
   end)
 end
 
-local calls, hash = 0, 2166136261
+local calls, hash, finished = 0, 2166136261, false
 local timer = uv.new_timer()
 
 -- Hands out what the core has, starts what it asks for, and waits.
 local function drive()
+  if finished then return end -- an answer that came after the end
   while true do
     local page, err = core:next_page()
     if err then error(tostring(err)) end
     if page == nil then -- the end
+      finished = true
       for _, tcp in ipairs(idle) do tcp:close() end
       timer:close()
       return
