@@ -60,6 +60,7 @@ describe("errors", function()
       local err = fails(server:client(), { agent_uuid = "agent_nobody" })
       assert.equal("not_found", err.kind)
       assert.equal(404, err.status)
+      assert.matches("(is the agent_uuid on this account?)", err.message, 1, true)
     end)
 
     it("a redirect is an http error and is not followed", function()
@@ -187,11 +188,12 @@ describe("errors", function()
       assert.equal(200, err.status)
     end)
 
-    it("a refused connection is network", function()
+    it("a refused connection is network, and says how many attempts over how long", function()
       local c = osvi.new { token = H.TOKEN, base_url = "http://127.0.0.1:" .. H.closed_port(), retry_base = 0 }
       local err = fails(c)
       assert.equal("network", err.kind)
       assert.equal(3, err.attempts)
+      assert.matches("%(3 attempts over %d+%.%d%d s%)$", err.message)
     end)
 
     it("a slow answer is timeout, and retried", function()

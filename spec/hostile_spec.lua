@@ -50,8 +50,9 @@ describe("hostile servers", function()
       server:script { { status = 401 }, { status = 500 }, { fault = "reset" },
         { status = 200, body = "<html>" }, { fault = "huge", bytes = 100000 },
         { fault = "redirect", location = "http://127.0.0.2:9/?token=x" },
-        { status = 200, body = '{"success":false}' } }
-      for _ = 1, 7 do
+        { status = 200, body = '{"success":false}' }, { status = 304 },
+        { status = 200, headers = { ["Content-Encoding"] = "x-unknown" } } }
+      for _ = 1, 9 do
         local err = fails(c)
         for k, v in pairs(err) do
           assert.falsy(tostring(v):find(token, 1, true), k)
@@ -62,6 +63,15 @@ describe("hostile servers", function()
       local bad = osvi.new { token = "xxxxxxxxxxxxxxxx", base_url = "http://127.0.0.1:" .. H.closed_port(),
                              max_retries = 0 }
       assert.falsy(tostring(fails(bad)):find("xxxxxxxx", 1, true))
+      -- nor in a usage error, whichever option is wrong (spec/security_spec.lua
+      -- holds the rest: credentials in URLs, proxies, the log)
+      for _, opts in ipairs { { base_url = token }, { user_agent = "ua\r\nAPI-Token: " .. token },
+        { proxy = "http://" .. token .. "@" }, { timout = 1 } } do
+        opts.token = token
+        local err = H.raises(osvi.new, opts)
+        assert.equal("usage", err.kind)
+        assert.falsy(tostring(err):find(token, 1, true), tostring(err))
+      end
     end)
 
     it("is refused with a base_url of another scheme", function()

@@ -148,10 +148,12 @@ describe("osvi.query", function()
     assert.equal("usage", H.raises(osvi.query, "status=picked").kind)
   end)
 
-  it("gives a readable usage message", function()
-    local err = usage { per_page = 500 }
-    assert.equal("osvi: usage: filter 'per_page': expected an integer from 1 to 100 "
-      .. "(an integer, an integral number or a string of digits), got 500", tostring(err))
+  it("gives a readable usage message, after the caller's position", function()
+    local ok, err = pcall(osvi.query, { per_page = 500 }) local line = debug.getinfo(1, "l").currentline
+    assert.is_false(ok)
+    assert.equal("spec/query_spec.lua:" .. line .. ": osvi: usage: filter 'per_page': expected an integer "
+      .. "from 1 to 100 (an integer, an integral number or a string of digits), got 500",
+      (tostring(err):gsub("^%./", "")))
   end)
 end)
 

@@ -8,6 +8,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -48,36 +49,150 @@ static void reject_unknown_options(lua_State *L, int idx) {
       if (strlen(option_names[i]) == lua_rawlen(L, -1) &&
           strcmp(option_names[i], lua_tostring(L, -1)) == 0)
         break;
-    if (option_names[i] == NULL)
+    if (option_names[i] == NULL) {
+      /* the filters' suggestion, over the option names */
+      const char *best = osvi_query_closest(lua_tostring(L, -1),
+                                            lua_rawlen(L, -1), option_names);
+      if (best != NULL)
+        osvi_usage_error_at(L, -1,
+                            "osvi.new: unknown option '%s' (did you mean "
+                            "'%s'?)",
+                            lua_tostring(L, -1), best);
       osvi_usage_error_at(L, -1, "osvi.new: unknown option '%s'",
                           lua_tostring(L, -1));
+    }
   }
 }
 
 /* Pushes opts[key], or the environment variable env when it is nil and
-** env is given. Leaves the value (maybe nil) at the top. */
-static void get_option(lua_State *L, int opts, const char *key,
-                       const char *env) {
+** env is given. Leaves the value (maybe nil) at the top; returns 1 when it
+** came from the environment. */
+static int get_option(lua_State *L, int opts, const char *key,
+                      const char *env) {
   lua_getfield(L, opts, key);
   if (lua_isnil(L, -1) && env != NULL) {
     const char *v = getenv(env);
     if (v != NULL && *v != '\0') {
       lua_pop(L, 1);
       lua_pushstring(L, v);
+      return 1;
     }
   }
+  return 0;
 }
 
+/* A string option (or its environment variable), at most `max` bytes and
+** without control characters: every one of them ends up in a header, a
+** request line or a file name, where CR or LF would start a header of the
+** caller's choosing and NUL would cut it short. The value is never shown
+** in the message (it may be the token). */
 static const char *opt_string(lua_State *L, int opts, const char *key,
-                              const char *env) {
-  get_option(L, opts, key, env);
-  if (lua_isnil(L, -1)) return NULL;
+                              const char *env, size_t max) {
+  size_t len, i;
+  const char *v, *from;
+  if (get_option(L, opts, key, env))
+    lua_pushfstring(L, " (from %s)", env);
+  else
+    lua_pushliteral(L, "");
+  from = lua_tostring(L, -1);
+  lua_insert(L, -2); /* from,value */
+  if (lua_isnil(L, -1)) {
+    lua_remove(L, -2);
+    return NULL;
+  }
   if (lua_type(L, -1) != LUA_TSTRING)
     osvi_usage_error(L, key, "option '%s': expected a string, got %s", key,
                      luaL_typename(L, -1));
-  if (strlen(lua_tostring(L, -1)) != lua_rawlen(L, -1))
-    osvi_usage_error(L, key, "option '%s': contains a zero byte", key);
-  return lua_tostring(L, -1); /* stays on the stack until osvi.new returns */
+  v = lua_tolstring(L, -1, &len);
+  for (i = 0; i < len; i++)
+    if ((unsigned char)v[i] < 0x20 || v[i] == 0x7f) {
+      char byte[8];
+      (void)snprintf(byte, sizeof byte, "0x%02X",
+                     (unsigned)(unsigned char)v[i]);
+      osvi_usage_error(L, key,
+                       "option '%s'%s: expected no control characters (CR, "
+                       "LF, NUL, tab, DEL...), got byte %s at position %d",
+                       key, from, byte, (int)i + 1);
+    }
+  if (len > max)
+    osvi_usage_error(L, key, "option '%s'%s: expected at most %d bytes, got %d",
+                     key, from, (int)max, (int)len);
+  lua_remove(L, -2); /* from */
+  return v;          /* stays on the stack until osvi.new returns */
+}
+
+/* ------------------------------------------------------------------------
+** URLs: base_url and proxy
+** --------------------------------------------------------------------- */
+
+#define MAX_URL 4096 /* bytes of base_url or proxy */
+
+/* Pushes u with the password of its userinfo masked (or the user alone,
+** when there is no password), for messages and the log: [-0, +1] */
+static const char *push_masked(lua_State *L, const char *u) {
+  size_t n = osvi_http_mask(NULL, 0, u, 1) + 1, i;
+  char *buf = lua_newuserdatauv(L, n, 0);
+  osvi_http_mask(buf, n, u, 1);
+  for (i = 0; buf[i] != '\0'; i++) /* the log gets one line per line */
+    if ((unsigned char)buf[i] < 0x20 || buf[i] == 0x7f) buf[i] = '?';
+  lua_pushstring(L, buf);
+  lua_remove(L, -2);
+  return lua_tostring(L, -1);
+}
+
+typedef struct url_parts {
+  size_t scheme; /* length of the scheme ("http"), 0 when there is none */
+  const char *host, *host_end; /* without the brackets of an IPv6 address */
+  const char *path;            /* what follows the authority ("" or "/...") */
+} url_parts;
+
+/* Splits u, "scheme://[userinfo@]host[:port][/path]", or without
+** "scheme://" when `bare` (a proxy). Returns NULL, or what is wrong. */
+static const char *split_url(const char *u, int bare, url_parts *p) {
+  const char *sep = strstr(u, "://"), *auth, *end, *at = NULL, *q;
+  memset(p, 0, sizeof *p);
+  if (sep != NULL && strcspn(u, "/@:") == (size_t)(sep - u)) {
+    p->scheme = (size_t)(sep - u);
+    auth = sep + 3;
+  } else if (bare) {
+    auth = u;
+  } else {
+    return "scheme";
+  }
+  end = auth + strcspn(auth, "/");
+  for (q = auth; q < end; q++)
+    if (*q == '@') at = q; /* the last '@': the host follows it */
+  p->host = at != NULL ? at + 1 : auth;
+  if (*p->host == '[') { /* an IPv6 address */
+    p->host_end = memchr(p->host, ']', (size_t)(end - p->host));
+    if (p->host_end == NULL) return "host";
+    p->host++;
+    q = p->host_end + 1;
+  } else {
+    for (q = p->host; q < end && *q != ':'; q++) {}
+    p->host_end = q;
+  }
+  if (p->host_end == p->host) return "host";
+  if (q < end) { /* ":port": 1 to 65535 */
+    long port = 0;
+    if (*q != ':' || q + 1 == end || end - q > 6) return "port";
+    for (q++; q < end; q++) {
+      if (*q < '0' || *q > '9') return "port";
+      port = port * 10 + (*q - '0');
+    }
+    if (port < 1 || port > 65535) return "port";
+  }
+  p->path = end;
+  return NULL;
+}
+
+/* Does the path end in "/v1" or "/v1/calls" (trailing '/' aside)? osvi
+** adds /v1/calls itself: such a base_url would ask for /v1/v1/calls. */
+static int names_the_endpoint(const char *path) {
+  size_t n = strlen(path);
+  while (n > 0 && path[n - 1] == '/') n--;
+  return (n >= 3 && memcmp(path + n - 3, "/v1", 3) == 0) ||
+         (n >= 9 && memcmp(path + n - 9, "/v1/calls", 9) == 0);
 }
 
 static double opt_number(lua_State *L, int opts, const char *key, double def,
@@ -145,20 +260,155 @@ static void check_token(lua_State *L, const char *t) {
                      (int)len);
 }
 
+/* Pushes how to show a value that should have been a URL and is not even
+** "scheme://...": not at all (a token given in the wrong place, from the
+** wrong variable, must not be printed). */
+static const char *push_unlike_url(lua_State *L, const char *u) {
+  size_t scheme = strcspn(u, ":/@");
+  if (strncmp(u + scheme, "://", 3) == 0 && scheme < 16) {
+    lua_pushlstring(L, u, scheme + 3); /* "ftp://" */
+    return lua_pushfstring(L, "'%s...'", lua_tostring(L, -1));
+  }
+  return lua_pushfstring(L, "%d bytes with no scheme (not shown)",
+                         (int)strlen(u));
+}
+
+/* base_url: http:// or https://, a host (an empty one would leave libcurl
+** to read the path as one: "http:///" asked for http://v1/calls), no
+** query, no fragment, and not the endpoint itself. Messages show it with
+** its password masked. */
 static void check_base_url(lua_State *L, const char *u) {
-  size_t i;
+  url_parts p;
+  const char *why;
   if (strncmp(u, "https://", 8) != 0 && strncmp(u, "http://", 7) != 0)
     osvi_usage_error(L, "base_url",
                      "option 'base_url': expected an http:// "
-                     "or https:// URL, got '%s'",
-                     u);
-  for (i = 0; u[i] != '\0'; i++)
-    if ((unsigned char)u[i] <= 0x20 || u[i] == '?' || u[i] == '#' ||
-        u[i] == 0x7f)
-      osvi_usage_error(L, "base_url",
-                       "option 'base_url': expected a URL "
-                       "without spaces, query or fragment, got '%s'",
-                       u);
+                     "or https:// URL, got %s",
+                     push_unlike_url(L, u));
+  if (u[strcspn(u, " ?#")] != '\0')
+    osvi_usage_error(L, "base_url",
+                     "option 'base_url': expected a URL "
+                     "without spaces, query or fragment, got '%s'",
+                     push_masked(L, u));
+  why = split_url(u, 0, &p);
+  if (why != NULL && strcmp(why, "port") == 0)
+    osvi_usage_error(L, "base_url",
+                     "option 'base_url': expected a port from 1 to 65535 "
+                     "after the host's ':', got '%s'",
+                     push_masked(L, u));
+  if (why != NULL)
+    osvi_usage_error(L, "base_url",
+                     "option 'base_url': expected a host after '%s', got "
+                     "'%s'",
+                     u[4] == 's' ? "https://" : "http://", push_masked(L, u));
+  if (why == NULL && names_the_endpoint(p.path))
+    osvi_usage_error(L, "base_url",
+                     "option 'base_url': expected the API's root (such as "
+                     "https://api.osvi.ai), without /v1 or /v1/calls, which "
+                     "osvi adds itself; got '%s'",
+                     push_masked(L, u));
+}
+
+/* proxy: "" (none), or a URL with a host, of a scheme libcurl can use as a
+** proxy (none means http://). */
+static void check_proxy(lua_State *L, const char *u) {
+  static const char *const schemes[] = {
+      "http", "https", "socks4", "socks4a", "socks5", "socks5h", NULL};
+  url_parts p;
+  int ok;
+  if (*u == '\0') return;
+  ok = u[strcspn(u, " ")] == '\0' && split_url(u, 1, &p) == NULL;
+  if (ok && p.scheme > 0) {
+    int i;
+    for (i = 0; schemes[i] != NULL; i++)
+      if (strlen(schemes[i]) == p.scheme &&
+          strncasecmp(u, schemes[i], p.scheme) == 0)
+        break;
+    ok = schemes[i] != NULL;
+  }
+  if (!ok && strstr(u, "://") == NULL)
+    osvi_usage_error(L, "proxy",
+                     "option 'proxy': expected \"\" (no proxy) or a proxy "
+                     "URL with a host (http://, https://, socks4://, "
+                     "socks4a://, socks5:// or socks5h://), got %s",
+                     push_unlike_url(L, u));
+  if (!ok)
+    osvi_usage_error(L, "proxy",
+                     "option 'proxy': expected \"\" (no proxy) or a proxy "
+                     "URL with a host (http://, https://, socks4://, "
+                     "socks4a://, socks5:// or socks5h://), got '%s'",
+                     push_masked(L, u));
+}
+
+/* The proxy libcurl would take from the environment for a URL of this
+** scheme, as it reads it: <scheme>_proxy (and HTTPS_PROXY for https; never
+** HTTP_PROXY, which a CGI request can set), then all_proxy and ALL_PROXY.
+** Returns its value, and its name in *name, or NULL. HTTP_PROXY is
+** reported too for http, so that the log can say it is not used. */
+static const char *env_proxy(int https, const char **name) {
+  static const char *const for_http[] = {"http_proxy", "HTTP_PROXY",
+                                         "all_proxy", "ALL_PROXY", NULL};
+  static const char *const for_https[] = {"https_proxy", "HTTPS_PROXY",
+                                          "all_proxy", "ALL_PROXY", NULL};
+  const char *const *v;
+  for (v = https ? for_https : for_http; *v != NULL; v++) {
+    const char *value = getenv(*v);
+    if (value != NULL && *value != '\0') {
+      *name = *v;
+      return value;
+    }
+  }
+  return NULL;
+}
+
+/*
+** Which proxy the client's requests go through, and a line in the log
+** that says so. The API token travels in a header:
+**   - the proxy option: that proxy, whatever the scheme ("": none);
+**   - https:// without it: libcurl's environment variables (and NO_PROXY);
+**     through a proxy, the request goes inside a CONNECT tunnel, so the
+**     token stays within TLS;
+**   - http:// without it: no proxy at all. A proxy that only the
+**     environment named would read the token in clear text.
+** Sets o->proxy: NULL (the environment's) or a proxy ("" for none).
+*/
+static void choose_proxy(lua_State *L, int opts, const char *base, int log,
+                         osvi_http_options *o) {
+  int https = strncmp(base, "https://", 8) == 0;
+  const char *name = NULL, *env, *proxy;
+  proxy = opt_string(L, opts, "proxy", NULL, MAX_URL);
+  if (proxy != NULL) check_proxy(L, proxy);
+  env = env_proxy(https, &name);
+  if (proxy != NULL) {
+    o->proxy = proxy;
+    if (log && *proxy != '\0')
+      (void)fprintf(stderr, "osvi: proxy: %s (the proxy option)\n",
+                    push_masked(L, proxy));
+    else if (log && env != NULL)
+      (void)fprintf(stderr,
+                    "osvi: proxy: none (the proxy option is \"\"; %s in the "
+                    "environment is not used)\n",
+                    name);
+  } else if (!https) {
+    o->proxy = ""; /* not the environment's */
+    if (log && env != NULL)
+      (void)fprintf(stderr,
+                    "osvi: proxy: none; %s=%s in the environment is ignored: "
+                    "base_url is http://, and the API token would reach that "
+                    "proxy in clear text (the proxy option names one to use "
+                    "anyway)\n",
+                    name, push_masked(L, env));
+  } else {
+    o->proxy = NULL; /* libcurl reads the environment, NO_PROXY included */
+    if (log && env != NULL)
+      (void)fprintf(stderr,
+                    "osvi: proxy: %s from %s in the environment (a CONNECT "
+                    "tunnel: the API token stays inside TLS%s)\n",
+                    push_masked(L, env), name,
+                    getenv("no_proxy") != NULL || getenv("NO_PROXY") != NULL
+                        ? "; NO_PROXY may exempt the host"
+                        : "");
+  }
 }
 
 /* ------------------------------------------------------------------------
@@ -223,10 +473,10 @@ static int client_new(lua_State *L) {
   luaL_setmetatable(L, OSVI_CLIENT_MT);
 
   memset(&o, 0, sizeof o);
-  token = opt_string(L, opts, "token", "OSVI_API_TOKEN");
+  token = opt_string(L, opts, "token", "OSVI_API_TOKEN", 1024);
   check_token(L, token);
   o.token = token;
-  base = opt_string(L, opts, "base_url", "OSVI_BASE_URL");
+  base = opt_string(L, opts, "base_url", "OSVI_BASE_URL", MAX_URL);
   if (base == NULL) base = "https://api.osvi.ai";
   check_base_url(L, base);
   o.timeout_ms =
@@ -252,15 +502,15 @@ static int client_new(lua_State *L) {
   o.max_bytes = (size_t)opt_integer(L, opts, "max_response_bytes",
                                     (lua_Integer)32 * 1024 * 1024, 1024,
                                     (lua_Integer)1 << 40);
-  ua = opt_string(L, opts, "user_agent", NULL);
+  ua = opt_string(L, opts, "user_agent", NULL, 1024);
   if (ua == NULL) {
     const curl_version_info_data *v = curl_version_info(CURLVERSION_NOW);
     ua = lua_pushfstring(L, "osvi-lua/%s libcurl/%s %s", OSVI_VERSION,
                          v->version, LUA_VERSION);
   }
   o.user_agent = ua;
-  o.ca_file = opt_string(L, opts, "ca_file", NULL);
-  o.proxy = opt_string(L, opts, "proxy", NULL);
+  o.ca_file = opt_string(L, opts, "ca_file", NULL, MAX_URL);
+  choose_proxy(L, opts, base, c->log, &o);
 
   blen = strlen(base);
   while (blen > 0 && base[blen - 1] == '/') blen--;
@@ -304,13 +554,13 @@ const char *osvi_client_renew(osvi_client *c) {
 
 osvi_client *osvi_client_check(lua_State *L, int idx) {
   osvi_client *c = luaL_checkudata(L, idx, OSVI_CLIENT_MT);
-  const char *err;
   if (c->closed) osvi_usage_error(L, NULL, "the client is closed");
   if (c->http.busy)
     osvi_usage_error(L, NULL,
                      "the client is in the middle of a request (used again "
                      "from a finaliser?)");
   if (c->pid != (long)getpid()) {
+    const char *err;
     lua_pushnil(L); /* the idle pool is the parent's */
     lua_setiuservalue(L, idx, 1);
     err = osvi_client_renew(c);
@@ -361,8 +611,9 @@ static int client_tostring(lua_State *L) {
   osvi_client *c = luaL_checkudata(L, 1, OSVI_CLIENT_MT);
   if (c->closed)
     lua_pushliteral(L, "osvi.Client (closed)");
-  else /* the token is never shown */
-    lua_pushfstring(L, "osvi.Client (%p, %s)", (void *)c, c->base_url);
+  else /* the token is never shown, nor base_url's password */
+    lua_pushfstring(L, "osvi.Client (%p, %s)", (void *)c,
+                    push_masked(L, c->base_url));
   return 1;
 }
 
@@ -415,8 +666,10 @@ static int one_page(lua_State *L, int cidx, int fidx, int count) {
   int base = lua_gettop(L), status;
   lua_pushcfunction(L, one_page_run);
   lua_pushvalue(L, cidx);
-  if (fidx > base) lua_pushnil(L);
-  else lua_pushvalue(L, fidx);
+  if (fidx > base)
+    lua_pushnil(L);
+  else
+    lua_pushvalue(L, fidx);
   lua_pushboolean(L, count);
   status = lua_pcall(L, 3, LUA_MULTRET, 0);
   c->http.busy = 0;

@@ -342,13 +342,15 @@ static int schedule_retry(osvi_core *c, slot *s, long retry_after,
 }
 
 /* Stores the final error at the top (popped) for slot i, with how many
-** attempts it took and over how long. */
+** attempts it took and over how long, worded for the query it answered
+** (a 404 with or without an agent_uuid). */
 static void fail_slot(lua_State *L, int core, osvi_core *c, int i, double now) {
   slot *s = &c->s[i];
-  lua_pushinteger(L, s->attempts);
-  osvi_error_set(L, "attempts");
-  lua_pushnumber(L, now - s->first_sent);
-  osvi_error_set(L, "elapsed");
+  lua_getiuservalue(L, core, UV_QUERY); /* err,query */
+  lua_insert(L, -2);
+  osvi_decode_explain(L, lua_tostring(L, -2));
+  lua_remove(L, -2);
+  osvi_error_attempts(L, s->attempts, now - s->first_sent);
   push_answers(L, core);
   lua_insert(L, -2);
   lua_rawseti(L, -2, i + 1);

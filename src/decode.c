@@ -106,6 +106,7 @@ static const char *reason(long status) {
     case 301: return "Moved Permanently";
     case 302: return "Found";
     case 303: return "See Other";
+    case 304: return "Not Modified";
     case 307: return "Temporary Redirect";
     case 308: return "Permanent Redirect";
     case 400: return "Bad Request";
@@ -158,9 +159,9 @@ static int push_status_error(lua_State *L, long status, const char *body,
       kind = OSVI_E_FORBIDDEN;
       what = "forbidden";
       break;
-    case 404:
+    case 404: /* osvi_decode_explain says what it may mean */
       kind = OSVI_E_NOT_FOUND;
-      what = "not found (is the agent_uuid on this account?)";
+      what = "not found";
       break;
     case 422:
       kind = OSVI_E_VALIDATION;
@@ -174,10 +175,11 @@ static int push_status_error(lua_State *L, long status, const char *body,
       if (status >= 500 && status <= 599) {
         kind = OSVI_E_SERVER;
         what = "server error";
-      } else if (status >= 300 && status <= 399) {
+      } else if (status == 301 || status == 302 || status == 303 ||
+                 status == 307 || status == 308) {
         kind = OSVI_E_HTTP;
         what = "redirect not followed (the API token is sent to the API only)";
-      } else {
+      } else { /* 304 too: osvi never asks conditionally */
         kind = OSVI_E_HTTP;
         what = "unexpected HTTP status";
       }
@@ -202,6 +204,23 @@ static int push_status_error(lua_State *L, long status, const char *body,
     osvi_error_set(L, "retry_after");
   }
   return 0;
+}
+
+void osvi_decode_explain(lua_State *L, const char *query) {
+  const char *q = query != NULL ? query : "";
+  int agent =
+      strncmp(q, "agent_uuid=", 11) == 0 || strstr(q, "&agent_uuid=") != NULL;
+  lua_getfield(L, -1, "kind");
+  if (lua_isstring(L, -1) && strcmp(lua_tostring(L, -1), "not_found") == 0) {
+    lua_getfield(L, -2, "message"); /* err,kind,message */
+    lua_pushfstring(L, "%s (%s)", lua_tostring(L, -1),
+                    agent ? "is the agent_uuid on this account?"
+                          : "no agent_uuid was asked for: is base_url the "
+                            "API's root?");
+    lua_setfield(L, -4, "message");
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
 }
 
 /* Pushes a decode error with the message at the top (which is popped). */

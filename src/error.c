@@ -3,6 +3,7 @@
 ** branch on err.kind and a person can read tostring(err).
 */
 #include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "osvi.h"
@@ -12,6 +13,27 @@ static const char *const kind_names[] = {
     OSVI_ERROR_KINDS(OSVI_KIND_NAME)
 #undef OSVI_KIND_NAME
 };
+
+/*
+** Pushes "chunk:line:" of the innermost Lua function on the stack, or
+** nothing (returns 0) when no Lua function is calling (a C host). This is
+** luaL_where(L, 1) when the user's code called the C function that raises
+** (osvi.new{...}); a check made deeper, in a C function that another one
+** called (client:page's protected run, the default client made by
+** osvi.calls, pcall(osvi.new, ...)), has C frames in between: they are
+** skipped, so the position is always the user's line.
+*/
+static int push_where(lua_State *L) {
+  lua_Debug ar;
+  int level;
+  for (level = 1; level < 64 && lua_getstack(L, level, &ar); level++) {
+    if (lua_getinfo(L, "Sl", &ar) && ar.currentline > 0) {
+      lua_pushfstring(L, "%s:%d:", ar.short_src, ar.currentline);
+      return 1;
+    }
+  }
+  return 0;
+}
 
 static void push_error_v(lua_State *L, osvi_kind kind, long status,
                          const char *fmt, va_list ap) {
@@ -24,6 +46,10 @@ static void push_error_v(lua_State *L, osvi_kind kind, long status,
   }
   lua_pushvfstring(L, fmt, ap);
   lua_setfield(L, -2, "message");
+  /* a usage error is the caller's mistake: where the call was made, so
+  ** that an uncaught one (printed through __tostring, with no traceback)
+  ** points at the line to fix */
+  if (kind == OSVI_E_USAGE && push_where(L)) lua_setfield(L, -2, "where");
   luaL_setmetatable(L, OSVI_ERROR_MT);
 }
 
@@ -37,6 +63,22 @@ void osvi_error_push(lua_State *L, osvi_kind kind, long status, const char *fmt,
 
 void osvi_error_set(lua_State *L, const char *name) {
   lua_setfield(L, -2, name);
+}
+
+void osvi_error_attempts(lua_State *L, int attempts, double elapsed) {
+  lua_pushinteger(L, attempts);
+  osvi_error_set(L, "attempts");
+  lua_pushnumber(L, elapsed);
+  osvi_error_set(L, "elapsed");
+  if (attempts > 1) {
+    char took[64];
+    (void)snprintf(took, sizeof took, "%d attempts over %.2f s", attempts,
+                   elapsed);
+    lua_getfield(L, -1, "message"); /* err,message */
+    lua_pushfstring(L, "%s (%s)", lua_tostring(L, -1), took);
+    lua_remove(L, -2);
+    osvi_error_set(L, "message");
+  }
 }
 
 int osvi_usage_error(lua_State *L, const char *key, const char *fmt, ...) {
@@ -64,7 +106,9 @@ int osvi_usage_error_at(lua_State *L, int key, const char *fmt, ...) {
 
 /*
 ** __tostring: "osvi: rate_limited (HTTP 429): too many requests
-** [per_page is invalid] (retry after 30 s)"
+** [per_page is invalid] (retry after 30 s)"; a usage error starts with the
+** caller's position, as Lua's own errors do: "report.lua:12: osvi: usage:
+** unknown filter 'stauts' (did you mean 'status'?)"
 */
 static int error_tostring(lua_State *L) {
   luaL_Buffer b;
@@ -73,8 +117,13 @@ static int error_tostring(lua_State *L) {
   lua_getfield(L, 1, "status");
   lua_getfield(L, 1, "message");
   lua_getfield(L, 1, "errors");
-  lua_getfield(L, 1, "retry_after"); /* kind,status,message,errors,retry */
+  lua_getfield(L, 1, "retry_after");
+  lua_getfield(L, 1, "where"); /* kind,status,message,errors,retry,where */
   luaL_buffinit(L, &b);
+  if (lua_type(L, 7) == LUA_TSTRING) {
+    luaL_addstring(&b, lua_tostring(L, 7));
+    luaL_addchar(&b, ' ');
+  }
   luaL_addstring(&b, "osvi: ");
   luaL_addstring(&b, lua_isstring(L, 2) ? lua_tostring(L, 2) : "error");
   if (lua_isinteger(L, 3)) {

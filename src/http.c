@@ -94,12 +94,58 @@ static void parse_retry_after(osvi_http *h, const char *v, size_t len) {
   h->retry_after = osvi_http_retry_after(v, len);
 }
 
+/* Reads a Content-Length value (a number, or a list of them as some
+** servers send, "42, 42"): 1 when every number agrees with *len (or sets
+** it, the first time), 0 when they disagree. Not a number at all is left
+** to libcurl. */
+static int same_length(curl_off_t *len, const char *v, size_t n) {
+  size_t i = 0;
+  while (i < n) {
+    curl_off_t x = 0;
+    int digits = 0;
+    while (i < n && (v[i] == ' ' || v[i] == '\t' || v[i] == ',')) i++;
+    while (i < n && v[i] >= '0' && v[i] <= '9' && digits < 18) {
+      x = x * 10 + (v[i++] - '0');
+      digits++;
+    }
+    if (digits == 0) break;
+    if (*len >= 0 && x != *len) return 0;
+    *len = x;
+    while (i < n && v[i] != ',') i++;
+  }
+  return 1;
+}
+
+/* Sees every header line of every response (1xx included), as curl hands
+** them over, status line and blank line too. It stops the transfer
+** (returning 0: CURLE_WRITE_ERROR) on headers that are too large in all,
+** or Content-Length headers that disagree: a response that two readers
+** could cut differently (RFC 9112, 6.3) is never read. */
 static size_t on_header(char *data, size_t size, size_t nmemb, void *ud) {
   osvi_http *h = ud;
   size_t n = size * nmemb;
   static const char name[] = "retry-after:";
-  if (n > sizeof name - 1 && strncasecmp(data, name, sizeof name - 1) == 0)
+  static const char length[] = "content-length:";
+  h->header_bytes += n;
+  if (h->header_bytes > OSVI_MAX_HEADER_BYTES) {
+    h->bad_response = OSVI_HTTP_HEADERS_TOO_LARGE;
+    return 0;
+  }
+  if (n >= 5 && memcmp(data, "HTTP/", 5) == 0) { /* a response begins */
+    h->content_length = -1;
+    h->headers_complete = 0;
+  } else if ((n == 2 && data[0] == '\r') || (n == 1 && data[0] == '\n')) {
+    h->headers_complete = 1;
+  } else if (n > sizeof name - 1 &&
+             strncasecmp(data, name, sizeof name - 1) == 0) {
     parse_retry_after(h, data + sizeof name - 1, n - (sizeof name - 1));
+  } else if (n > sizeof length - 1 &&
+             strncasecmp(data, length, sizeof length - 1) == 0 &&
+             !same_length(&h->content_length, data + sizeof length - 1,
+                          n - (sizeof length - 1))) {
+    h->bad_response = OSVI_HTTP_TWO_LENGTHS;
+    return 0;
+  }
   return n;
 }
 
@@ -141,8 +187,21 @@ static void wipe(char *p, size_t n) {
   while (n-- > 0) *v++ = 0;
 }
 
+/* A header value must not end its line early: no CR, LF, NUL or other
+** control character (libcurl sends what it is given as it is). */
+static int header_safe(const char *v) {
+  for (; *v != '\0'; v++)
+    if ((unsigned char)*v < 0x20 || *v == 0x7f) return 0;
+  return 1;
+}
+
 const char *osvi_http_init(osvi_http *h, const osvi_http_options *o) {
   char line[64];
+  /* the client checked them already; no header is ever split here */
+  if (!header_safe(o->token) || !header_safe(o->user_agent))
+    return "a header value has a control character";
+  if (strlen(o->token) > sizeof line - sizeof "API-Token: ")
+    return "the token is too long";
   h->easy = curl_easy_init();
   if (h->easy == NULL) return "libcurl could not create a handle";
   h->max_bytes = o->max_bytes;
@@ -225,6 +284,10 @@ CURLcode osvi_http_prepare(osvi_http *h, const char *url) {
   h->out_of_memory = 0;
   h->retry_after = -1;
   h->over_budget = 0;
+  h->header_bytes = 0;
+  h->content_length = -1;
+  h->headers_complete = 0;
+  h->bad_response = OSVI_HTTP_GOOD;
   h->errbuf[0] = '\0';
   return url == NULL ? CURLE_OK : curl_easy_setopt(h->easy, CURLOPT_URL, url);
 }
@@ -246,4 +309,53 @@ void osvi_http_free(osvi_http *h) {
   free(h->body);
   h->body = NULL;
   h->len = h->cap = 0;
+}
+
+/* Appends c to out[cap] at *at, keeping room for the final zero; *at
+** counts what would have been written. */
+static void put(char *out, size_t cap, size_t *at, char c) {
+  if (*at + 1 < cap) out[*at] = c;
+  (*at)++;
+}
+
+/* Where a URL quoted in a message ends (one_url: the whole string is one
+** URL, however odd, so that a password with a space is masked whole). */
+static int word_end(char c, int one_url) {
+  return c == '\0' || (!one_url && (c == ' ' || c == '\t' || c == '\r' ||
+                                    c == '\n' || c == '\'' || c == '"' ||
+                                    c == '<' || c == '>' || c == '`'));
+}
+
+size_t osvi_http_mask(char *out, size_t cap, const char *in, int one_url) {
+  size_t at = 0;
+  while (*in != '\0') {
+    const char *w = in, *end, *auth, *slash, *userinfo_end = NULL, *p;
+    if (word_end(*in, one_url)) {
+      put(out, cap, &at, *in++);
+      continue;
+    }
+    for (end = w; !word_end(*end, one_url); end++) {}
+    /* the authority: after "scheme://" if any, up to the first '/' */
+    auth = w;
+    for (p = w; p + 3 <= end; p++)
+      if (memcmp(p, "://", 3) == 0) {
+        auth = p + 3;
+        break;
+      }
+    for (slash = auth;
+         slash < end && *slash != '/' && *slash != '?' && *slash != '#';
+         slash++)
+      if (*slash == '@') userinfo_end = slash; /* the last one */
+    for (p = w; p < (userinfo_end ? auth : end); p++) put(out, cap, &at, *p);
+    if (userinfo_end != NULL) {
+      const char *colon = memchr(auth, ':', (size_t)(userinfo_end - auth));
+      if (colon != NULL) /* the user stays, the password goes */
+        for (p = auth; p <= colon; p++) put(out, cap, &at, *p);
+      for (p = "***"; *p; p++) put(out, cap, &at, *p);
+      for (p = userinfo_end; p < end; p++) put(out, cap, &at, *p);
+    }
+    in = end;
+  }
+  if (cap > 0) out[at < cap ? at : cap - 1] = '\0';
+  return at;
 }

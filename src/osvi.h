@@ -64,6 +64,9 @@ int osvi_usage_error_at(lua_State *L, int key, const char *fmt, ...);
 /* Sets field `name` of the error object at the top of the stack to the value
 ** at the top, popping it: [-1, +0]. */
 void osvi_error_set(lua_State *L, const char *name);
+/* Sets attempts and elapsed on the error object at the top, and says them
+** in its message when there was more than one attempt: [-0, +0] */
+void osvi_error_attempts(lua_State *L, int attempts, double elapsed);
 int osvi_error_open(lua_State *L);
 
 /* ------------------------------------------------------------------------
@@ -104,6 +107,10 @@ void osvi_query_check(lua_State *L, int idx, osvi_query_mode mode,
 ** without a leading '&': [-0, +1]. */
 void osvi_query_push_full(lua_State *L, const char *base, lua_Integer page,
                           lua_Integer per_page);
+/* The name of the NULL-terminated list closest to (s, len), for "did you
+** mean": within an edit distance of 2, else NULL. */
+const char *osvi_query_closest(const char *s, size_t len,
+                               const char *const *names);
 int osvi_query_open(lua_State *L);
 
 /* ------------------------------------------------------------------------
@@ -123,8 +130,21 @@ typedef struct osvi_http {
   int budget;        /* requests allowed; libcurl's own re-sends count */
   int over_budget;   /* a request was stopped because the budget is spent */
   int busy;          /* a transfer runs, or its result is not read yet */
+  /* what the header callback saw of the response being received */
+  size_t header_bytes;       /* all header lines so far */
+  curl_off_t content_length; /* of this response, -1 before one is seen */
+  int headers_complete;      /* the blank line after the headers came */
+  int bad_response;          /* OSVI_HTTP_*: the transfer was stopped */
   char errbuf[CURL_ERROR_SIZE];
 } osvi_http;
+
+/* What made the header callback stop a transfer (bad_response). */
+enum {
+  OSVI_HTTP_GOOD,
+  OSVI_HTTP_HEADERS_TOO_LARGE, /* over OSVI_MAX_HEADER_BYTES in all */
+  OSVI_HTTP_TWO_LENGTHS        /* Content-Length headers that disagree */
+};
+#define OSVI_MAX_HEADER_BYTES 262144 /* 256 KiB */
 
 typedef struct osvi_http_options {
   const char *token;
@@ -156,6 +176,13 @@ long osvi_http_retry_after(const char *v, size_t len);
 CURLcode osvi_http_get(osvi_http *h, const char *url, long *status);
 /* Safe on a zeroed struct and safe twice. */
 void osvi_http_free(osvi_http *h);
+/* Copies the C string `in` into out[cap] with the userinfo of every URL in
+** it ("scheme://user:password@host") masked, for messages from libcurl that
+** may quote a URL: the password becomes "***", and a user alone (no ':')
+** too; also without a scheme ("user:password@host:3128"). With one_url,
+** `in` is one URL (a space does not end it). Returns the length of the
+** whole result, as snprintf does (out may be NULL when cap is 0). */
+size_t osvi_http_mask(char *out, size_t cap, const char *in, int one_url);
 void osvi_http_global_init(void);
 
 /* ------------------------------------------------------------------------
@@ -168,6 +195,9 @@ double osvi_now(void); /* monotonic seconds (time.c) */
 ** an error object (returns 0); either is pushed: [-0, +1]. */
 int osvi_decode_response(lua_State *L, long status, const char *body,
                          size_t len, long retry_after);
+/* Words the error object at the top for the query it answered (a 404 means
+** an agent_uuid not on the account only when one was asked for): [-0, +0] */
+void osvi_decode_explain(lua_State *L, const char *query);
 int osvi_decode_open(lua_State *L);
 
 /* ------------------------------------------------------------------------

@@ -60,6 +60,18 @@ static const struct {
 
 #define NFILTERS (sizeof(filters) / sizeof(filters[0]))
 
+static const char *const filter_names[] = {
+#define OSVI_FILTER_NAME(name, fn) #name,
+    OSVI_FILTERS(OSVI_FILTER_NAME)
+#undef OSVI_FILTER_NAME
+        NULL};
+
+/* The longest query string a request may have, page and per_page
+** included: a request line stays far below what libcurl sends (1 MB for a
+** URL), and a mistake (a status list of a million entries) is a usage
+** error before any request rather than a failure after. */
+#define OSVI_MAX_QUERY 65536 /* 64 KiB */
+
 static const char *const statuses[] = {
     "picked", "not_picked", "failed", "busy", "voicemail", "in_progress", NULL};
 static const char *const call_types[] = {"inbound", "outbound", NULL};
@@ -290,9 +302,12 @@ static int check_date(lua_State *L, int v, const char *key, check_state *st) {
     const char *s = lua_tolstring(L, v, &len);
     const char *why = osvi_time_parse(s, len, &lo, &hi);
     if (why != NULL) {
+      /* what is wrong with it, unless that only says what was expected */
       const char *got = describe(L, v);
-      return osvi_usage_error(L, key, "filter '%s': %s (expected %s), got %s",
-                              key, why, DATE_EXPECTED, got);
+      if (strncmp(why, "expected", 8) == 0)
+        return bad_value(L, v, key, DATE_EXPECTED);
+      return osvi_usage_error(L, key, "filter '%s': expected %s, got %s (%s)",
+                              key, DATE_EXPECTED, got, why);
     }
     push_encoded(L, s, len);
   } else {
@@ -376,24 +391,32 @@ static int known(const char *s, size_t len) {
   return 0;
 }
 
+const char *osvi_query_closest(const char *s, size_t len,
+                               const char *const *names) {
+  const char *best = NULL;
+  size_t bestd = 3;
+  for (; *names != NULL; names++) {
+    size_t d = distance(s, len, *names);
+    if (d < bestd) bestd = d, best = *names;
+  }
+  return best;
+}
+
 static void reject_unknown_keys(lua_State *L, int idx) {
   lua_pushnil(L);
   while (lua_next(L, idx)) {
-    size_t len, i, best = NFILTERS, bestd = 3;
-    const char *k;
+    size_t len;
+    const char *k, *best;
     lua_pop(L, 1); /* key */
     if (lua_type(L, -1) != LUA_TSTRING)
       osvi_usage_error(L, NULL, "filters: keys are names, got %s key",
                        luaL_typename(L, -1));
     k = lua_tolstring(L, -1, &len);
     if (known(k, len)) continue;
-    for (i = 0; i < NFILTERS; i++) {
-      size_t d = distance(k, len, filters[i].name);
-      if (d < bestd) bestd = d, best = i;
-    }
-    if (best < NFILTERS)
+    best = osvi_query_closest(k, len, filter_names);
+    if (best != NULL)
       osvi_usage_error_at(L, -1, "unknown filter '%s' (did you mean '%s'?)", k,
-                          filters[best].name);
+                          best);
     osvi_usage_error_at(L, -1, "unknown filter '%s'", k);
   }
 }
@@ -428,6 +451,14 @@ void osvi_query_check(lua_State *L, int idx, osvi_query_mode mode,
       lua_settop(L, acc);
       continue;
     }
+    /* what is added, with room for "&page=P&per_page=N" at the end */
+    if (lua_rawlen(L, acc) + lua_rawlen(L, -1) + 64 > OSVI_MAX_QUERY)
+      osvi_usage_error(L, filters[i].name,
+                       "filter '%s': the query would be longer than a "
+                       "request may be (%d bytes); this filter alone is %I "
+                       "bytes",
+                       filters[i].name, OSVI_MAX_QUERY,
+                       (LUAI_UACINT)lua_rawlen(L, -1));
     /* acc .. value: acc = acc .. "&" .. name .. "=" .. encoded */
     lua_pushfstring(L, "%s%s%s=%s", lua_tostring(L, acc),
                     lua_rawlen(L, acc) > 0 ? "&" : "", filters[i].name,

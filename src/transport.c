@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -37,9 +38,26 @@ typedef struct outcome {
   CURLcode rc;
   long status, retry_after;
   int sent, too_large, over_budget, out_of_memory;
+  int bad_response; /* OSVI_HTTP_*, or OSVI_HTTP_HEADER_LINE below */
+  int no_fds;       /* errno when no descriptor could be made, else 0 */
   size_t max_bytes;
-  char detail[CURL_ERROR_SIZE];
+  char detail[CURL_ERROR_SIZE]; /* libcurl's words, URL userinfo masked */
 } outcome;
+
+/* libcurl's refusal of one header line over its limit (100 KB) */
+#define OSVI_HTTP_HEADER_LINE (-1)
+
+/* When a transfer failed before any answer: was it for want of a file
+** descriptor? libcurl says only "Couldn't connect" (or "Out of memory"),
+** so try to make one: errno EMFILE or ENFILE, or 0. */
+static int out_of_descriptors(void) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0), e = errno;
+  if (fd >= 0) {
+    (void)close(fd);
+    return 0;
+  }
+  return e == EMFILE || e == ENFILE ? e : 0;
+}
 
 static void take_outcome(outcome *o, const osvi_http *h, CURLcode rc,
                          long status) {
@@ -50,15 +68,35 @@ static void take_outcome(outcome *o, const osvi_http *h, CURLcode rc,
   o->too_large = h->too_large;
   o->over_budget = h->over_budget;
   o->out_of_memory = h->out_of_memory;
+  o->bad_response = h->bad_response;
+  o->no_fds = 0;
   o->max_bytes = h->max_bytes;
-  (void)snprintf(o->detail, sizeof o->detail, "%s",
-                 h->errbuf[0] ? h->errbuf : curl_easy_strerror(rc));
+  /* libcurl refuses a header line over 100 KB as "out of memory" (7.x;
+  ** CURLE_TOO_LARGE from 8.6): not ours, and before the headers ended */
+  if (o->bad_response == OSVI_HTTP_GOOD && !o->out_of_memory &&
+      !h->headers_complete &&
+      (rc == CURLE_OUT_OF_MEMORY
+#if LIBCURL_VERSION_NUM >= 0x080600
+       || rc == CURLE_TOO_LARGE
+#endif
+       ))
+    o->bad_response = OSVI_HTTP_HEADER_LINE;
+  if (rc != CURLE_OK && rc != CURLE_OPERATION_TIMEDOUT && status == 0 &&
+      o->bad_response == OSVI_HTTP_GOOD)
+    o->no_fds = out_of_descriptors();
+  /* libcurl may quote the URL or the proxy it was given: never with the
+  ** password */
+  osvi_http_mask(o->detail, sizeof o->detail,
+                 h->errbuf[0] ? h->errbuf : curl_easy_strerror(rc), 0);
 }
 
 /* Connection failures and timeouts are worth another try; DNS and TLS
-** failures are not: they will not fix themselves in a second. */
+** failures are not: they will not fix themselves in a second. Nor is a
+** response that cannot be read, nor a process out of descriptors. */
 static int retryable_curl(const outcome *o) {
-  if (o->too_large || o->over_budget || o->out_of_memory) return 0;
+  if (o->too_large || o->over_budget || o->out_of_memory ||
+      o->bad_response != OSVI_HTTP_GOOD || o->no_fds)
+    return 0;
   switch (o->rc) {
     case CURLE_COULDNT_CONNECT:
     case CURLE_SEND_ERROR:
@@ -83,6 +121,30 @@ static void push_transfer_error(lua_State *L, const outcome *o) {
   } else if (o->out_of_memory) {
     osvi_error_push(L, OSVI_E_NETWORK, o->status,
                     "not enough memory for the response");
+  } else if (o->bad_response == OSVI_HTTP_HEADER_LINE) {
+    osvi_error_push(L, OSVI_E_NETWORK, o->status,
+                    "a response header is too large (libcurl refuses a "
+                    "header line over 100 KB)");
+  } else if (o->bad_response == OSVI_HTTP_HEADERS_TOO_LARGE) {
+    osvi_error_push(L, OSVI_E_NETWORK, o->status,
+                    "the response headers are too large (over %d KiB in "
+                    "all)",
+                    OSVI_MAX_HEADER_BYTES / 1024);
+  } else if (o->bad_response == OSVI_HTTP_TWO_LENGTHS) {
+    osvi_error_push(L, OSVI_E_NETWORK, o->status,
+                    "a protocol error: the response has two different "
+                    "Content-Length headers (where it ends is unknown, so "
+                    "it is not read)");
+  } else if (o->rc == CURLE_BAD_CONTENT_ENCODING) {
+    /* an answer came, but in a form this client cannot read */
+    osvi_error_push(L, OSVI_E_DECODE, o->status,
+                    "the response body cannot be decoded (its "
+                    "Content-Encoding is unknown or broken): %s",
+                    o->detail);
+  } else if (o->no_fds) {
+    osvi_error_push(L, OSVI_E_NETWORK, o->status,
+                    "no file descriptors left to open a connection (%s)",
+                    strerror(o->no_fds));
   } else if (o->rc == CURLE_OPERATION_TIMEDOUT) {
     osvi_error_push(L, OSVI_E_TIMEOUT, o->status, "%s", o->detail);
   } else {
@@ -105,6 +167,20 @@ static void feed(lua_State *L, int core, unsigned id, const outcome *o,
   }
 }
 
+/* A few words on why an attempt failed, for the log. */
+static const char *failure_words(const outcome *o) {
+  if (o->too_large || o->rc == CURLE_FILESIZE_EXCEEDED)
+    return "over max_response_bytes";
+  if (o->over_budget) return "retries spent";
+  if (o->bad_response == OSVI_HTTP_HEADER_LINE ||
+      o->bad_response == OSVI_HTTP_HEADERS_TOO_LARGE)
+    return "response headers too large";
+  if (o->bad_response == OSVI_HTTP_TWO_LENGTHS)
+    return "Content-Length headers disagree";
+  if (o->no_fds) return "no file descriptors left";
+  return curl_easy_strerror(o->rc);
+}
+
 /* One line on stderr for a finished attempt, when logging. */
 static void log_attempt(const osvi_link *link, const osvi_http *h,
                         const outcome *o, int attempt) {
@@ -124,8 +200,8 @@ static void log_attempt(const osvi_link *link, const osvi_http *h,
                   (unsigned long)h->len, secs * 1000);
   else
     (void)fprintf(stderr, "osvi: GET %s -> failed (%s), attempt %d, %.1f ms\n",
-                  path ? path : "/v1/calls", curl_easy_strerror(o->rc),
-                  attempt, secs * 1000);
+                  path ? path : "/v1/calls", failure_words(o), attempt,
+                  secs * 1000);
 }
 
 /* Pushes the URL of the query at the top (replacing it): [-1, +1] */

@@ -1,18 +1,20 @@
-# libFuzzer harnesses for osvi (src/decode.c, src/query.c).
+# libFuzzer harnesses for osvi (src/decode.c, src/query.c, and osvi.new's
+# option checks in src/client.c).
 #
 # Standalone, from anywhere:   make -f spec/fuzz/fuzz.mk fuzz
 # Or from the main Makefile:   include spec/fuzz/fuzz.mk
 #
 # Targets
-#   fuzz-build     build build/fuzz/fuzz_decode and build/fuzz/fuzz_query
+#   fuzz-build     build build/fuzz/fuzz_decode, fuzz_query and fuzz_options
 #   fuzz           run each fuzzer for FUZZ_SECONDS on a copy of its seed
 #                  corpus (build/fuzz/corpus-*, never the committed corpus);
 #                  fails when a fuzzer finds a crash, leak, UB or invariant
 #                  violation, whose input is left in build/fuzz/artifacts/
 #   fuzz-seeds     run every committed seed and every saved crash input
 #                  (spec/fuzz/crashes/) once: a fast regression check
-#   fuzz-coverage  line/branch coverage of decode.c, error.c, query.c and
-#                  time.c reached by the corpus (needs llvm-profdata, llvm-cov)
+#   fuzz-coverage  line/branch coverage of decode.c, error.c, query.c,
+#                  time.c, client.c and http.c reached by the corpus (needs
+#                  llvm-profdata, llvm-cov)
 #   fuzz-clean     remove build/fuzz
 #
 # The harness checks are strict. FUZZ_ALLOW=name,name tolerates findings
@@ -26,6 +28,8 @@
 FUZZ_ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST)))/../..)
 FUZZ_STANDALONE := $(if $(filter 1,$(words $(MAKEFILE_LIST))),1,)
 FUZZ_SAVED_GOAL := $(.DEFAULT_GOAL)
+# OSVI_WARN, the project's warning flags
+include $(FUZZ_ROOT)/mk/warn.mk
 
 FUZZ_CC          ?= clang
 FUZZ_SECONDS     ?= 60
@@ -35,7 +39,7 @@ FUZZ_LUA_INC     ?= /usr/include/lua5.4
 FUZZ_CURL_CFLAGS ?= $(shell pkg-config --cflags libcurl 2>/dev/null)
 FUZZ_SANITIZE    ?= -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
 FUZZ_CFLAGS      ?= -g -O1 -fno-omit-frame-pointer -std=c99 -D_POSIX_C_SOURCE=200809L \
-                    -Wall -Wextra
+                    $(OSVI_WARN)
 FUZZ_LIBS        ?= -llua5.4 -lcurl -lpthread -lm
 # libFuzzer flags for `fuzz`; FUZZ_FLAGS adds more, e.g. FUZZ_FLAGS=-jobs=4
 FUZZ_RUN_FLAGS   ?= -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
@@ -49,7 +53,7 @@ FUZZ_LLVM_COV    ?= llvm-cov
 FUZZ_SRC     := $(wildcard $(FUZZ_ROOT)/src/*.c)
 FUZZ_OBJ     := $(patsubst $(FUZZ_ROOT)/src/%.c,$(FUZZ_DIR)/obj/%.o,$(FUZZ_SRC))
 FUZZ_COV_OBJ := $(patsubst $(FUZZ_ROOT)/src/%.c,$(FUZZ_DIR)/cov/obj/%.o,$(FUZZ_SRC))
-FUZZ_TARGETS := decode query
+FUZZ_TARGETS := decode query options
 FUZZ_BINS    := $(FUZZ_TARGETS:%=$(FUZZ_DIR)/fuzz_%)
 FUZZ_HDRS    := $(FUZZ_ROOT)/src/osvi.h $(FUZZ_ROOT)/spec/fuzz/fuzz_allow.h
 FUZZ_INC      = -I$(FUZZ_ROOT)/src -I$(FUZZ_LUA_INC) $(FUZZ_CURL_CFLAGS)
@@ -75,7 +79,7 @@ $(FUZZ_DIR)/fuzz_%: $(FUZZ_ROOT)/spec/fuzz/fuzz_%.c $(FUZZ_OBJ) $(FUZZ_HDRS)
 
 # Each fuzzer works in build/fuzz/corpus-NAME: the seeds are copied in (the
 # README is not a seed), and what a run finds stays there for the next run.
-# Both fuzzers run even when the first fails; the target fails if either did.
+# Every fuzzer runs even when one before it fails; the target fails if any did.
 # `timeout` is a safety net: a run that hangs while reporting fails too.
 fuzz: $(FUZZ_BINS)
 	@mkdir -p $(FUZZ_DIR)/artifacts; rc=0; \
@@ -129,9 +133,11 @@ fuzz-coverage: $(FUZZ_TARGETS:%=$(FUZZ_DIR)/cov/fuzz_%)
 	  $(FUZZ_TARGETS:%=$(FUZZ_DIR)/cov/%.profraw) && \
 	$(FUZZ_LLVM_COV) report $(FUZZ_DIR)/cov/fuzz_decode \
 	  -object $(FUZZ_DIR)/cov/fuzz_query \
+	  -object $(FUZZ_DIR)/cov/fuzz_options \
 	  -instr-profile=$(FUZZ_DIR)/cov/all.profdata \
 	  $(FUZZ_ROOT)/src/decode.c $(FUZZ_ROOT)/src/error.c \
-	  $(FUZZ_ROOT)/src/query.c $(FUZZ_ROOT)/src/time.c
+	  $(FUZZ_ROOT)/src/query.c $(FUZZ_ROOT)/src/time.c \
+	  $(FUZZ_ROOT)/src/client.c $(FUZZ_ROOT)/src/http.c
 
 fuzz-clean:
 	rm -rf $(FUZZ_DIR)
