@@ -59,12 +59,12 @@ enum { S_FREE, S_PLANNED, S_SENT, S_WAITING, S_ANSWERED, S_FAILED };
 
 typedef struct slot {
   int state;
-  unsigned id;         /* of the request in flight (S_SENT) */
-  lua_Integer page;    /* the page asked for */
-  lua_Integer lo, hi;  /* ranks: meant to cover, then (S_ANSWERED) held */
-  int attempts;        /* requests sent for it, re-sends included */
-  double first_sent;   /* when it was first sent (-1: not yet) */
-  double due;          /* S_WAITING: when to send it again */
+  unsigned id;        /* of the request in flight (S_SENT) */
+  lua_Integer page;   /* the page asked for */
+  lua_Integer lo, hi; /* ranks: meant to cover, then (S_ANSWERED) held */
+  int attempts;       /* requests sent for it, re-sends included */
+  double first_sent;  /* when it was first sent (-1: not yet) */
+  double due;         /* S_WAITING: when to send it again */
 } slot;
 
 struct osvi_core {
@@ -80,14 +80,14 @@ struct osvi_core {
   lua_Integer remaining;  /* calls still wanted (limit); -1: all */
   int started;            /* the first answer has fixed the top */
   int done;
-  lua_Integer top;        /* the rank of the first call */
-  lua_Integer next_rank;  /* the rank to hand out next */
+  lua_Integer top;         /* the rank of the first call */
+  lua_Integer next_rank;   /* the rank to hand out next */
   lua_Integer planned_low; /* the lowest rank asked for ahead */
-  lua_Integer tnow;       /* the newest total_count known: of the answer to
+  lua_Integer tnow;        /* the newest total_count known: of the answer to
                           ** the request sent last among those answered */
-  unsigned tnow_id;       /* that request */
-  lua_Integer m;          /* the server's per_page */
-  lua_Integer stuck_rank; /* the rank re-read last, and how often */
+  unsigned tnow_id;        /* that request */
+  lua_Integer m;           /* the server's per_page */
+  lua_Integer stuck_rank;  /* the rank re-read last, and how often */
   int rereads;
   int resyncs;
   unsigned next_id;
@@ -209,10 +209,9 @@ osvi_core *osvi_core_new(lua_State *L, int fidx, osvi_core_mode mode,
   osvi_filters f;
   osvi_core *c;
   int core;
-  osvi_query_check(L, fidx,
-                   mode == OSVI_CORE_LIST ? OSVI_QUERY_ITERATE
-                                          : OSVI_QUERY_PAGE,
-                   &f); /* query */
+  osvi_query_check(
+      L, fidx, mode == OSVI_CORE_LIST ? OSVI_QUERY_ITERATE : OSVI_QUERY_PAGE,
+      &f);                                       /* query */
   c = lua_newuserdatauv(L, sizeof *c, UV_COUNT); /* query, core */
   memset(c, 0, sizeof *c);
   luaL_setmetatable(L, OSVI_CORE_MT);
@@ -230,8 +229,8 @@ osvi_core *osvi_core_new(lua_State *L, int fidx, osvi_core_mode mode,
   c->rng = policy->seed | 1;
   /* the pages in flight while the caller works through one: prefetch of
   ** them, or the next one only */
-  c->window = mode == OSVI_CORE_LIST && policy->prefetch > 0 ? policy->prefetch
-                                                             : 1;
+  c->window =
+      mode == OSVI_CORE_LIST && policy->prefetch > 0 ? policy->prefetch : 1;
   if (c->window > OSVI_CORE_SLOTS - 1) c->window = OSVI_CORE_SLOTS - 1;
   c->allowed = c->window;
   c->first_page = f.page > 0 ? f.page : (mode == OSVI_CORE_LIST ? 1 : 0);
@@ -324,8 +323,7 @@ static int find_sent(const osvi_core *c, unsigned id) {
 
 /* After a failed attempt of slot i: 1 (and the slot waits) when another
 ** attempt is to be made. */
-static int schedule_retry(osvi_core *c, slot *s, long retry_after,
-                          double now) {
+static int schedule_retry(osvi_core *c, slot *s, long retry_after, double now) {
   double delay;
   if (s->attempts >= 1 + c->max_retries) return 0;
   if (retry_after > MAX_RETRY_AFTER) return 0; /* returned, not slept */
@@ -369,8 +367,8 @@ static lua_Integer meta_int(lua_State *L, int meta, const char *name) {
 
 /* The page at the top is the answer for slot i: checks it against what was
 ** asked, places its calls on the rank axis and keeps it. [-1, +0] */
-static void keep_answer(lua_State *L, int core, osvi_core *c, int i, long status,
-                        size_t bytes, double now) {
+static void keep_answer(lua_State *L, int core, osvi_core *c, int i,
+                        long status, size_t bytes, double now) {
   slot *s = &c->s[i];
   int page = lua_gettop(L), meta;
   lua_Integer current, total, m, n;
@@ -457,8 +455,10 @@ void osvi_core_answer(lua_State *L, int core, unsigned id, long status,
   text = lua_tolstring(L, body, &len);
   if (osvi_decode_response(L, status, text ? text : "", text ? len : 0,
                            retry_after)) {
-    if (c->s[i].state == S_PLANNED) keep_answer(L, core, c, i, status, len, now);
-    else lua_pop(L, 1);
+    if (c->s[i].state == S_PLANNED)
+      keep_answer(L, core, c, i, status, len, now);
+    else
+      lua_pop(L, 1);
   } else if (c->s[i].state == S_PLANNED) {
     fail_slot(L, core, c, i, now);
   } else {
@@ -750,8 +750,10 @@ int osvi_core_next_page(lua_State *L, int core, double now) {
       } else if (s->state != S_SENT && s->lo > c->next_rank) {
         free_slot(L, core, c, i); /* meant for ranks handed out already */
       } else if (meant_for(s, c->next_rank)) {
-        if (s->state == S_FAILED) failed = i;
-        else waiting = 1;
+        if (s->state == S_FAILED)
+          failed = i;
+        else
+          waiting = 1;
       }
     }
     if (head >= 0) {
@@ -822,8 +824,8 @@ int osvi_core_ready(const osvi_core *c) {
 
 void osvi_core_push_stats(lua_State *L, const osvi_core *c) {
   lua_createtable(L, 0, 8);
-#define STAT(name, v)           \
-  lua_pushinteger(L, (v));      \
+#define STAT(name, v)      \
+  lua_pushinteger(L, (v)); \
   lua_setfield(L, -2, name)
   STAT("requests", c->requests);
   STAT("pages", c->pages);
@@ -869,8 +871,8 @@ static double arg_now(lua_State *L, int idx) {
   return lua_isnoneornil(L, idx) ? osvi_now() : luaL_checknumber(L, idx);
 }
 
-static int policy_int(lua_State *L, int opts, const char *key, int def,
-                      int min, int max) {
+static int policy_int(lua_State *L, int opts, const char *key, int def, int min,
+                      int max) {
   lua_Integer v;
   int ok;
   if (opts == 0 || lua_getfield(L, opts, key) == LUA_TNIL) {
@@ -879,8 +881,10 @@ static int policy_int(lua_State *L, int opts, const char *key, int def,
   }
   v = lua_tointegerx(L, -1, &ok);
   if (!ok || v < min || v > max)
-    osvi_usage_error(L, key, "osvi.core: option '%s': expected an integer "
-                     "from %d to %d", key, min, max);
+    osvi_usage_error(L, key,
+                     "osvi.core: option '%s': expected an integer "
+                     "from %d to %d",
+                     key, min, max);
   lua_pop(L, 1);
   return (int)v;
 }
@@ -903,7 +907,8 @@ static int core_new_lua(lua_State *L) {
       p.retry_base = lua_tonumber(L, -1);
       if (lua_type(L, -1) != LUA_TNUMBER || !(p.retry_base >= 0) ||
           p.retry_base > 60)
-        osvi_usage_error(L, "retry_base", "osvi.core: option 'retry_base': "
+        osvi_usage_error(L, "retry_base",
+                         "osvi.core: option 'retry_base': "
                          "expected a number from 0 to 60");
     }
     lua_pop(L, 1);
@@ -1025,8 +1030,10 @@ static int core_next_page_lua(lua_State *L) {
 static int core_timeout_lua(lua_State *L) {
   osvi_core *c = osvi_core_check(L, 1);
   double t = osvi_core_timeout(c, arg_now(L, 2));
-  if (t < 0) lua_pushnil(L);
-  else lua_pushnumber(L, t);
+  if (t < 0)
+    lua_pushnil(L);
+  else
+    lua_pushnumber(L, t);
   return 1;
 }
 

@@ -230,10 +230,10 @@ typedef struct osvi_core_policy {
 
 /* What next_page found. */
 enum {
-  OSVI_CORE_PAGE,  /* a page is pushed */
-  OSVI_CORE_WAIT,  /* nothing pushed: send requests, feed answers, wait */
-  OSVI_CORE_DONE,  /* nothing pushed: the listing is over */
-  OSVI_CORE_ERROR  /* an error object is pushed */
+  OSVI_CORE_PAGE, /* a page is pushed */
+  OSVI_CORE_WAIT, /* nothing pushed: send requests, feed answers, wait */
+  OSVI_CORE_DONE, /* nothing pushed: the listing is over */
+  OSVI_CORE_ERROR /* an error object is pushed */
 };
 
 /* A request the transport is to send now. */

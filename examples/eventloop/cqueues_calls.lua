@@ -16,7 +16,10 @@ local osvi = require "osvi"
 local url, n, per_page, spin = arg[1], tonumber(arg[2] or 100), tonumber(arg[3] or 100), arg[4] == "--spin"
 local client = osvi.new { base_url = url, prefetch = 0, timeout = 30 }
 
+-- calls per coroutine, digests of their ids, CPU seconds spent on pages;
+-- pages handed out, and poll() calls that found nothing
 local counts, digests, work = {}, {}, 0
+local pages, empty = 0, 0
 
 -- FNV-1a, carried on over the ids of each page in order
 local function digest(h, calls)
@@ -26,7 +29,8 @@ local function digest(h, calls)
     h = ((h ~ 10) * 16777619) & 0xffffffff
   end
   return h
-end -- calls per coroutine; CPU seconds spent on pages
+end
+
 local cq = cqueues.new()
 for i = 1, n do
   cq:wrap(function()
@@ -36,13 +40,17 @@ for i = 1, n do
       local page = cur:poll()        -- a page, false (not in yet) or nil (the end)
       if page == nil then break end
       if page then
+        pages = pages + 1
         got = got + #page.data       -- the work a real program would do here
         hash = digest(hash, page.data)
         work = work + (os.clock() - t0)
-      elseif spin then
-        cqueues.sleep(0)             -- the mistake: ask again at once
       else
-        cqueues.poll(cur)            -- wait until a transfer can move on
+        empty = empty + 1
+        if spin then
+          cqueues.sleep(0)           -- the mistake: ask again at once
+        else
+          cqueues.poll(cur)          -- wait until a transfer can move on
+        end
       end
     end
     counts[i], digests[i] = got, string.format("%08x", hash)
@@ -59,7 +67,7 @@ for i = 1, n do
 end
 -- os.clock is the process's CPU time (user + system, as getrusage counts it)
 print(string.format("cqueues%s: %d listings of %d to %d calls, ids %s; wall %.3f s; CPU %.3f s, "
-  .. "of which %.3f s on pages, %.3f s waiting (%.1f%% of the wall time)",
+  .. "of which %.3f s on pages, %.3f s waiting (%.1f%% of the wall time); %d pages, %d polls found nothing",
   spin and " --spin" or "", n, min, max, same and digests[1] or "differ", wall, cpu, work, cpu - work,
-  100 * (cpu - work) / wall))
+  100 * (cpu - work) / wall, pages, empty))
 client:close()

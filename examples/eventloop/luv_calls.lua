@@ -34,6 +34,7 @@ local function waiter(cur, co)
 end
 
 local counts, digests, work = {}, {}, 0
+local pages, empty = 0, 0 -- pages handed out; poll() calls that found nothing
 
 -- FNV-1a, carried on over the ids of each page in order
 local function digest(h, calls)
@@ -56,14 +57,18 @@ for i = 1, n do
       local page = cur:poll()
       if page == nil then break end
       if page then
+        pages = pages + 1
         got = got + #page.data       -- the work a real program would do here
         hash = digest(hash, page.data)
         work = work + (os.clock() - t0)
-      elseif spin then
-        spinning[co] = true
-        coroutine.yield()
       else
-        wait()
+        empty = empty + 1
+        if spin then
+          spinning[co] = true
+          coroutine.yield()
+        else
+          wait()
+        end
       end
     end
     done()
@@ -96,7 +101,7 @@ for i = 1, n do
   same = same and digests[i] == digests[1]
 end
 print(string.format("luv%s: %d listings of %d to %d calls, ids %s; wall %.3f s; CPU %.3f s, "
-  .. "of which %.3f s on pages, %.3f s waiting (%.1f%% of the wall time)",
+  .. "of which %.3f s on pages, %.3f s waiting (%.1f%% of the wall time); %d pages, %d polls found nothing",
   spin and " --spin" or "", n, min, max, same and digests[1] or "differ", wall, cpu, work, cpu - work,
-  100 * (cpu - work) / wall))
+  100 * (cpu - work) / wall, pages, empty))
 client:close()
