@@ -6,6 +6,8 @@ bench/sync.lua -- the figures of bench/README.md's "osvi-calls sync" section.
 Starts the local server (spec/support/server.lua) with `calls` calls and, `reps` times each,
 round-robin, median reported:
   - iterate: every call with client:calls{} and no database (prefetch 4), the baseline;
+    (wall time, and this process's CPU time for iterate and SQLite: a shared machine's load
+    moves the CPU ratio less)
   - sqlite:  a first sync of every call into a new SQLite file (osvi.sync, prefetch 4);
   - postgres: the same into a new PostgreSQL database, on a server this script starts in a
     temporary directory (initdb + pg_ctl, as spec/sync_spec.lua does; skipped without them);
@@ -81,10 +83,14 @@ local function pg_fresh()
   return string.format(pg_url, "bench" .. pg_n)
 end
 
-local function timed(fn)
+-- wall time, and this process's CPU time (os.clock) into cpu[name] when named: the machine
+-- is shared, and the CPU ratio moves less with the load than the wall-clock one
+local cpu = { iterate = {}, sqlite = {} }
+local function timed(fn, name)
   collectgarbage()
-  local t = socket.gettime()
+  local t, c = socket.gettime(), os.clock()
   local extra = fn()
+  if name then table.insert(cpu[name], os.clock() - c) end
   return socket.gettime() - t, extra
 end
 
@@ -102,11 +108,11 @@ for rep = 1, REPS do
     for _ in c:calls {} do n = n + 1 end
     c:close()
     assert(n == CALLS)
-  end)
+  end, "iterate")
   times.sqlite[rep] = timed(function()
     local r = sync.run { db = "sqlite:" .. TMP .. "/sync" .. rep .. ".sqlite", client = client() }
     assert(r.new == CALLS)
-  end)
+  end, "sqlite")
   if pg_url then
     local db = pg_fresh()
     times.postgres[rep] = timed(function()
@@ -120,6 +126,8 @@ local it = median(times.iterate)
 print(string.format("%d calls, %d reps, medians:", CALLS, REPS))
 print(string.format("  iterate, no database         %6.2f s", it))
 print(string.format("  first sync into SQLite       %6.2f s  (%.2fx)", median(times.sqlite), median(times.sqlite) / it))
+print(string.format("  CPU time of this process: iterate %.2f s, SQLite sync %.2f s (%.2fx)", median(cpu.iterate),
+  median(cpu.sqlite), median(cpu.sqlite) / median(cpu.iterate)))
 if pg_url then
   print(string.format("  first sync into PostgreSQL   %6.2f s  (%.2fx)", median(times.postgres),
     median(times.postgres) / it))
