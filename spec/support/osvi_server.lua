@@ -1470,6 +1470,21 @@ function M.new(given)
   end
 
   -- path -> method -> handler(req) returning status and body
+  -- The K of a body {"calls": K} (/_control/arrive and /_control/update), or
+  -- nil and the 400 answer.
+  local function calls_of(req)
+    local body = decode_object(req.body)
+    if not body then return nil, bad_request("body must be a JSON object") end
+    for k in pairs(body) do
+      if k ~= "calls" then return nil, bad_request("unknown key " .. tostring(k)) end
+    end
+    local k = as_integer(body.calls)
+    if not k or k < 0 or k > MAX_ARRIVE then
+      return nil, bad_request("calls must be an integer from 0 to " .. MAX_ARRIVE)
+    end
+    return k
+  end
+
   local CONTROL = {
     ["/_control/stats"] = { GET = function() return 200, render_stats() end },
     ["/_control/calls"] = { GET = function()
@@ -1506,28 +1521,14 @@ function M.new(given)
       return 200, OK
     end },
     ["/_control/arrive"] = { POST = function(req)
-      local body = decode_object(req.body)
-      if not body then return bad_request("body must be a JSON object") end
-      for k in pairs(body) do
-        if k ~= "calls" then return bad_request("unknown key " .. tostring(k)) end
-      end
-      local k = as_integer(body.calls)
-      if not k or k < 0 or k > MAX_ARRIVE then
-        return bad_request("calls must be an integer from 0 to " .. MAX_ARRIVE)
-      end
+      local k, status, err = calls_of(req)
+      if not k then return status, err end
       arrive(k)
       return 200, string.format('{"ok":true,"arrived":%d}', arrived.n)
     end },
     ["/_control/update"] = { POST = function(req)
-      local body = decode_object(req.body)
-      if not body then return bad_request("body must be a JSON object") end
-      for k in pairs(body) do
-        if k ~= "calls" then return bad_request("unknown key " .. tostring(k)) end
-      end
-      local k = as_integer(body.calls)
-      if not k or k < 0 or k > MAX_ARRIVE then
-        return bad_request("calls must be an integer from 0 to " .. MAX_ARRIVE)
-      end
+      local k, status, err = calls_of(req)
+      if not k then return status, err end
       return 200, string.format('{"ok":true,"updated":%d}', end_calls(k))
     end },
     ["/_control/script"] = { POST = function(req)
