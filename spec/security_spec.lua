@@ -526,6 +526,27 @@ describe("security", function()
       assert.equal(0, server:stats().requests)
     end)
 
+    it("no file descriptors left for a prefetching cursor's epoll descriptor: an error object that says so",
+      function()
+      local out = run_with_fds(64, string.format([[
+        local osvi = require "osvi"
+        local c = osvi.new { token = %q, base_url = %q, prefetch = 4 }
+        local files = {}
+        while true do
+          local f = io.open("/dev/null")
+          if not f then break end
+          files[#files + 1] = f
+        end
+        local ok, err = pcall(function() for _ in c:calls {} do end end)
+        print(ok, type(err) == "table" and err.kind or type(err), type(err) == "table" and err.message or err)
+        for i = 1, 8 do files[i]:close() end -- the client stays usable once descriptors are back
+        local page, perr = c:page { per_page = 1 }
+        print(page and page.data[1] ~= nil, perr)
+      ]], T, server.url))
+      assert.matches("^false\tnetwork\tno file descriptors left for the transfers' epoll descriptor "
+        .. "%(Too many open files%)\ntrue\tnil\n", out)
+    end)
+
     it("a server that is down: the final error says how many attempts over how long", function()
       local c = osvi.new { token = T, base_url = "http://127.0.0.1:" .. H.closed_port(), max_retries = 2,
                            retry_base = 0.2 }

@@ -363,8 +363,17 @@ osvi_pool *osvi_pool_new(lua_State *L, const osvi_http *from, int n) {
     luaL_error(L, "libcurl could not create a multi handle");
 #if defined(OSVI_HAVE_EPOLL)
   p->epfd = epoll_create1(EPOLL_CLOEXEC);
-  if (p->epfd < 0)
-    luaL_error(L, "cannot make an epoll descriptor: %s", strerror(errno));
+  if (p->epfd < 0) {
+    int e = errno;
+    /* an error object like a transfer's: a process out of descriptors is
+    ** said as such, and the caller can tell it from a bug */
+    osvi_error_push(L, OSVI_E_NETWORK, 0,
+                    "%s the transfers' epoll descriptor (%s)",
+                    e == EMFILE || e == ENFILE ? "no file descriptors left for"
+                                               : "cannot make",
+                    strerror(e));
+    lua_error(L);
+  }
   if (curl_multi_setopt(p->multi, CURLMOPT_SOCKETFUNCTION, on_socket) !=
           CURLM_OK ||
       curl_multi_setopt(p->multi, CURLMOPT_SOCKETDATA, p) != CURLM_OK ||
