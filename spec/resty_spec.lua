@@ -179,6 +179,35 @@ describe("resty.osvi in nginx", function()
       assert.equal(0, requests())
     end)
 
+    it("refuses what the C client refuses: control characters, a base URL naming /v1, overlong strings; "
+      .. "with the same messages, the token never shown", function()
+      local url = server.url
+      for _, case in ipairs {
+        { { user_agent = "osvi\r\nX-Evil: 1" }, "user_agent" },
+        { { user_agent = "tab\there" }, "user_agent" },
+        { { user_agent = "del\127" }, "user_agent" },
+        { { token = "osvi-test\ntoken" }, "token" },
+        { { base_url = url .. "\r\nX: y" }, "base_url" },
+        { { base_url = url .. "/v1" }, "base_url" },
+        { { base_url = url .. "/v1/" }, "base_url" },
+        { { base_url = url .. "/proxy/v1/calls" }, "base_url" },
+        { { user_agent = string.rep("a", 1025) }, "user_agent" },
+        { { base_url = url .. "/" .. string.rep("p", 4096) }, "base_url" },
+      } do
+        local got = run { op = "page", options = options(case[1]) }
+        assert.equal("usage", got.error.kind)
+        assert.equal(case[2], got.error.key)
+        local ok, want = pcall(osvi.new, options(case[1]))
+        assert.is_false(ok)
+        assert.equal(want.key, got.error.key)
+        -- the same words as the C client, but for where the C client says the base URL itself
+        local function words(m) return (m:gsub("^.-: option", "option"):gsub("got '.*'$", "got URL")) end
+        assert.equal(words(tostring(want.message)), words(got.error.message))
+        assert.falsy(got.error.message:find(H.TOKEN, 1, true))
+      end
+      assert.equal(0, requests())
+    end)
+
     it("never shows the token, and logs each request with log = true", function()
       local got = run { op = "calls", options = options { log = true }, filters = { per_page = 100, limit = 200 } }
       assert.falsy(got.client:find(H.TOKEN, 1, true))

@@ -29,7 +29,7 @@ local spawn, kill = ngx.thread.spawn, ngx.thread.kill
 local sleep = ngx.sleep
 local type, pairs, ipairs, tostring, select = type, pairs, ipairs, tostring, select
 local setmetatable, getmetatable, error, pcall = setmetatable, getmetatable, error, pcall
-local format, byte, find = string.format, string.byte, string.find
+local format, byte, find, sub = string.format, string.byte, string.find, string.sub
 local floor = math.floor
 local co_status = coroutine.status
 
@@ -64,6 +64,8 @@ local INTEGERS = {
   keepalive_pool = { 16, 1, 10000 },                 -- connections kept per host and port
 }
 local STRINGS = { token = "OSVI_API_TOKEN", base_url = "OSVI_BASE_URL", user_agent = false }
+-- the most bytes of each, as the C client's
+local STRING_MAX = { token = 1024, base_url = 4096, user_agent = 1024 }
 -- options of the C client that nginx does its own way
 local ELSEWHERE = {
   ca_file = "nginx verifies TLS with the CAs of lua_ssl_trusted_certificate in nginx.conf",
@@ -104,13 +106,26 @@ local function check_options(opts)
     end
     o[k] = v
   end
+  -- every string ends up in a request line or a header, where CR or LF would start a header
+  -- of the caller's choosing and NUL would cut it short; the value is never shown (it may be
+  -- the token)
   for name, envname in pairs(STRINGS) do
-    local v = o[name]
-    if v == nil then v = env(envname) end
+    local v, from = o[name], ""
+    if v == nil then
+      v = env(envname)
+      if v ~= nil then from = " (from " .. envname .. ")" end
+    end
     if v ~= nil and type(v) ~= "string" then
       usage(name, "option '%s': expected a string, got %s", name, type(v))
     end
-    if v and find(v, "%z") then usage(name, "option '%s': contains a zero byte", name) end
+    local at = v and find(v, "[%z\1-\31\127]")
+    if at then
+      usage(name, "option '%s'%s: expected no control characters (CR, LF, NUL, tab, DEL...), got byte 0x%02X "
+        .. "at position %d", name, from, byte(v, at), at)
+    end
+    if v and #v > STRING_MAX[name] then
+      usage(name, "option '%s'%s: expected at most %d bytes, got %d", name, from, STRING_MAX[name], #v)
+    end
     o[name] = v
   end
   for name, r in pairs(NUMBERS) do
@@ -143,14 +158,17 @@ local function check_options(opts)
   end
   local target, why = http.target(o.base_url)
   if not target then usage("base_url", "option 'base_url': %s, got '%s'", why, o.base_url) end
+  -- osvi adds /v1/calls itself: such a base_url would ask for /v1/v1/calls
+  local path = target.prefix
+  if sub(path, -3) == "/v1" or sub(path, -9) == "/v1/calls" then
+    usage("base_url", "option 'base_url': expected the API's root (such as https://api.osvi.ai), without /v1 "
+      .. "or /v1/calls, which osvi adds itself; got '%s'", o.base_url)
+  end
   o.target = target
   if o.user_agent == nil then
     local v = ngx.config and ngx.config.ngx_lua_version or 0
     o.user_agent = format("osvi-lua/%s resty.osvi ngx_lua/%d.%d.%d %s", VERSION,
       floor(v / 1000000), floor(v / 1000) % 1000, v % 1000, jit and jit.version or _VERSION)
-  end
-  if find(o.user_agent, "[\r\n]") then
-    usage("user_agent", "option 'user_agent': expected a single line")
   end
   return o
 end
