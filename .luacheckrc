@@ -1,5 +1,5 @@
 -- luacheck (Debian's lua-check 1.1) for every Lua file of the project:
---   luacheck bin/osvi-calls spec examples bench     (or: make -f lint.mk luacheck)
+--   luacheck bin/osvi-calls lua spec examples bench     (or: make -f lint.mk luacheck)
 -- Files are matched by directory pattern, so new files in examples/ and
 -- bench/ are covered as they appear.
 
@@ -15,6 +15,9 @@ local any_lua = "lua51+lua53+lua54+luajit"
 
 -- the command-line tool
 files["bin/osvi-calls"] = { std = any_lua }
+-- the installed Lua modules: osvi.sync (every version), resty.osvi (OpenResty: LuaJIT and ngx)
+files["lua/osvi"] = { std = any_lua }
+files["lua/resty"] = { std = "ngx_lua" }
 
 -- the specs run under make test-versions too, inside busted. 512 (loop
 -- executed at most once): `for _ in c:calls() do break end` is what the

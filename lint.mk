@@ -54,7 +54,7 @@ LINT_SRC = $(sort $(wildcard src/*.c))
 
 # Every Lua file: the directories are searched for *.lua by luacheck itself,
 # so new files are linted as they appear
-LINT_LUA_PATHS = bin/osvi-calls $(call lint_skip,spec examples bench)
+LINT_LUA_PATHS = bin/osvi-calls $(call lint_skip,lua spec examples bench)
 # (--exclude-files takes every argument after it: it goes last)
 LINT_LUA_EXCLUDE = $(if $(LINT_SKIP),--exclude-files $(foreach d,$(LINT_SKIP),'$(d)/**'))
 
