@@ -1,9 +1,11 @@
 --[[
 bench/sync.lua -- the figures of bench/README.md's "osvi-calls sync" section.
 
-  lua5.4 bench/sync.lua [reps=3] [calls=100000]
+  lua5.4 bench/sync.lua [reps=3] [calls=100000] [latency_ms=0]
 
-Starts the local server (spec/support/server.lua) with `calls` calls and, `reps` times each,
+Starts the local server (spec/support/server.lua) with `calls` calls, answering each API
+request after `latency_ms` (0: at once, the machine's CPU is the only limit; a real API is
+tens to hundreds of milliseconds away) and, `reps` times each,
 round-robin, median reported:
   - iterate: every call with client:calls{} and no database (prefetch 4), the baseline;
     (wall time, and this process's CPU time for iterate and SQLite: a shared machine's load
@@ -23,6 +25,7 @@ local cjson = require "cjson"
 
 local REPS = math.max(2, tonumber(arg[1]) or 3) -- two copies at least: one per incremental run
 local CALLS = tonumber(arg[2]) or 100000
+local LATENCY = tonumber(arg[3]) or 0
 local TOKEN = "osvi-test-token1"
 local TMP = os.tmpname()
 os.remove(TMP)
@@ -38,7 +41,7 @@ end
 
 -- the local server
 local proc = assert(io.popen(string.format("exec lua5.4 spec/support/server.lua --port 0 --calls %d --token %s "
-  .. "--now 2026-06-30T20:00:00+05:30 --exit-with-parent", CALLS, TOKEN)))
+  .. "--now 2026-06-30T20:00:00+05:30 --latency-ms %d --exit-with-parent", CALLS, TOKEN, LATENCY)))
 local line = proc:read("*l") or ""
 local url, server_pid = line:match("listening on (%S+) pid=(%d+)")
 assert(url, "the server did not start")
@@ -85,12 +88,25 @@ end
 
 -- wall time, and this process's CPU time (os.clock) into cpu[name] when named: the machine
 -- is shared, and the CPU ratio moves less with the load than the wall-clock one
-local cpu = { iterate = {}, sqlite = {} }
+local cpu = { iterate = {}, sqlite = {}, server = {} }
+-- the server's CPU time so far (utime + stime of /proc/PID/stat), nil when unreadable
+local TICKS = tonumber(select(2, sh("getconf CLK_TCK")):match("%d+") or "") or 100
+local function server_cpu()
+  local f = io.open("/proc/" .. server_pid .. "/stat")
+  if not f then return nil end
+  local stat = f:read("*a")
+  f:close()
+  local fields = {}
+  for x in (stat:match("%) (.*)") or ""):gmatch("%S+") do fields[#fields + 1] = x end
+  local u, k = tonumber(fields[12]), tonumber(fields[13])
+  return u and k and (u + k) / TICKS
+end
 local function timed(fn, name)
   collectgarbage()
-  local t, c = socket.gettime(), os.clock()
+  local t, c, s = socket.gettime(), os.clock(), server_cpu()
   local extra = fn()
   if name then table.insert(cpu[name], os.clock() - c) end
+  if name == "iterate" and s then table.insert(cpu.server, server_cpu() - s) end
   return socket.gettime() - t, extra
 end
 
@@ -123,11 +139,38 @@ for rep = 1, REPS do
 end
 
 local it = median(times.iterate)
-print(string.format("%d calls, %d reps, medians:", CALLS, REPS))
+print(string.format("%d calls, %d reps, server latency %d ms, medians:", CALLS, REPS, LATENCY))
 print(string.format("  iterate, no database         %6.2f s", it))
 print(string.format("  first sync into SQLite       %6.2f s  (%.2fx)", median(times.sqlite), median(times.sqlite) / it))
 print(string.format("  CPU time of this process: iterate %.2f s, SQLite sync %.2f s (%.2fx)", median(cpu.iterate),
   median(cpu.sqlite), median(cpu.sqlite) / median(cpu.iterate)))
+-- The floor of the SQLite part (bench/floor_sqlite.c): the first copy's rows written again
+-- into a new file by C alone, as osvi.sync writes them. One connection writes on one thread, so
+-- a first sync into this schema cannot take less than the floor's wall time; nor, with no
+-- latency, less than the client's iterating, the server's answering and the floor's CPU time
+-- spread over every core.
+local floor_bin = TMP .. "/floor_sqlite"
+if sh("cc -O2 -o " .. floor_bin .. " bench/floor_sqlite.c -lsqlite3") then
+  local fw, fc = {}, {}
+  for rep = 1, REPS do
+    local ok, out = sh(floor_bin .. " " .. TMP .. "/sync1.sqlite " .. TMP .. "/floor.sqlite")
+    local rows, w, c = out:match("rows (%d+) wall (%S+) cpu (%S+)")
+    assert(ok and tonumber(rows) == CALLS, out)
+    fw[rep], fc[rep] = tonumber(w), tonumber(c)
+  end
+  print(string.format("  SQLite floor (C alone: the same rows, schema, pragmas and upsert) %.2f s wall, %.2f s CPU "
+    .. "(%.2fx iterate's wall)", median(fw), median(fc), median(fw) / it))
+  if #cpu.server > 0 and LATENCY == 0 then
+    local cores = tonumber((select(2, sh("nproc")):match("%d+"))) or 1
+    local spread = (median(cpu.iterate) + median(cpu.server) + median(fc)) / cores
+    local bound = math.max(spread, median(fw))
+    print(string.format("  CPU while iterating: client %.2f s, server %.2f s; spread with the floor's over %d cores "
+      .. "%.2f s\n  the least a first sync into SQLite can take here: %.2f s (%.2fx)", median(cpu.iterate),
+      median(cpu.server), cores, spread, bound, bound / it))
+  end
+else
+  print("  SQLite floor                 skipped (no C compiler or libsqlite3-dev)")
+end
 if pg_url then
   print(string.format("  first sync into PostgreSQL   %6.2f s  (%.2fx)", median(times.postgres),
     median(times.postgres) / it))
