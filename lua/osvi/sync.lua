@@ -515,8 +515,24 @@ function Store:prepare(sql)
   return st
 end
 
+-- SQLite: while osvi.sync writes (a run, a migration) it opens each transaction itself with
+-- BEGIN IMMEDIATE, which takes the write lock at once, waiting for it as long as busy_timeout
+-- says; otherwise the connection is in autocommit mode and a read is a transaction of its
+-- own. (LuaDBI's own BEGIN is deferred: a transaction that reads first asks for the write lock
+-- at its first write, and when another connection has committed in between, SQLite refuses at
+-- once, SQLITE_BUSY_SNAPSHOT, without waiting: two syncs into one file failed with "database
+-- is locked".)
+function Store:writing()
+  if self.sqlite and not self.tx and (self.running or self.migrating) then
+    local ok, err = self:prepare("BEGIN IMMEDIATE"):execute()
+    if not ok then db_error(self, "begin", err) end
+    self.tx = true
+  end
+end
+
 --- Runs a statement with bound values; returns the rows it affected.
 function Store:exec(sql, ...)
+  self:writing()
   local st = self:prepare(sql)
   local ok, err = st:execute(...)
   if not ok then db_error(self, "execute", err) end
@@ -525,6 +541,7 @@ end
 
 -- The rows of a query, each a table by column name (named) or an array.
 function Store:rows(named, sql, ...)
+  self:writing()
   local st = self:prepare(sql)
   local ok, err = st:execute(...)
   if not ok then db_error(self, "execute", err) end
@@ -554,11 +571,14 @@ function Store:query(sql, ...)
 end
 
 function Store:commit()
+  if self.sqlite and not self.tx then return end -- autocommit: nothing open
   if not self.conn:commit() then db_error(self, "commit", "the transaction could not be committed") end
+  self.tx = false
 end
 
 function Store:rollback()
   if self.conn then self.conn:rollback() end
+  self.tx = false
 end
 
 function Store:close()
@@ -608,6 +628,7 @@ local MIGRATIONS = {
 
 -- Brings the schema to SCHEMA_VERSION (created on first use), one transaction per step.
 function Store:migrate()
+  self.migrating = true
   if self.pg then
     -- one migrating session at a time; released at the end of the transaction
     self:arrays("SELECT pg_advisory_xact_lock(7305127100)")
@@ -627,6 +648,7 @@ function Store:migrate()
     self:exec("INSERT INTO osvi_schema (version) VALUES (?)", version)
   end
   self:commit()
+  self.migrating = false
   self.version = version
 end
 
@@ -667,7 +689,7 @@ function M.open(url, options)
     end
     for _, st in pairs(store.statements) do st:close() end
     store.statements = {}
-    conn:autocommit(false)
+    store.sqlite = true -- autocommit, and transactions of its own: Store:writing()
     store.utf8 = false -- SQLite keeps the bytes it is given
   else
     ok, conn, err = pcall(DBI.Connect, "PostgreSQL", cfg.dbname or os.getenv("PGDATABASE") or cfg.user
@@ -800,24 +822,30 @@ function Run:upsert_sql(k)
   return sql
 end
 
--- Writes the calls of one page (an array; ranks: their ranks in the listing).
-function Run:write(calls, ranks)
+-- A run's writes wait in memory until the next commit, which makes them and saves how far the
+-- run got in one short transaction: the write lock is held while writing, never while the
+-- network is waited for, so that another sync of the same file (another filter set, or a run
+-- taking over) gets its turn; SQLite lets one connection write at a time. At most MAX_STAGED
+-- calls wait (a commit comes sooner when there are more: a second of a first sync with no latency
+-- is 40,000 to 50,000 calls; Lua's collector walks whatever waits, at every cycle).
+local MAX_STAGED = 20000
+
+-- `fn` runs at the next commit, in its transaction, in the order of staging.
+function Run:later(fn)
+  self.staged[#self.staged + 1] = fn
+end
+
+-- Makes the staged writes (inside the transaction that the caller commits).
+function Run:flush()
+  local staged = self.staged
+  self.staged, self.staged_calls = {}, 0
+  for i = 1, #staged do staged[i]() end
+end
+
+-- The upsert of one page's k rows (args[1..n]); counts new, updated and unchanged calls.
+function Run:upsert(args, n, k)
   local store, stats = self.store, self.stats
-  local args, n, k = self.args, 0, 0
-  local seen = {}
-  for i, call in ipairs(calls) do
-    local id = call.call_id
-    if type(id) ~= "string" or id == "" or id:find("%z") then
-      raise("data", "a call without a usable call_id (in the listing at rank %s)", tostring(ranks[i]))
-    end
-    if not seen[id] then -- a page that names a call twice: the first is kept
-      seen[id] = true
-      fill_row(call, args, n, self.utf8, self.synced_at)
-      n = n + NCOL
-      k = k + 1
-    end
-  end
-  if k == 0 then return end
+  store:writing()
   local st = store:prepare(self:upsert_sql(k))
   local ok, err = st:execute(unpack(args, 1, n))
   if not ok then db_error(store, "upsert", err) end
@@ -839,27 +867,61 @@ function Run:write(calls, ranks)
   stats.new = stats.new + new
   stats.updated = stats.updated + (changed - new)
   stats.unchanged = stats.unchanged + (k - changed)
-  stats.calls = stats.calls + k
+end
+
+-- Stages the calls of one page (an array; ranks: their ranks in the listing).
+function Run:write(calls, ranks)
+  -- a table of arguments per page waiting for the commit, reused once written
+  local args, n, k = table.remove(self.spare) or {}, 0, 0
+  local seen = {}
+  for i, call in ipairs(calls) do
+    local id = call.call_id
+    if type(id) ~= "string" or id == "" or id:find("%z") then
+      raise("data", "a call without a usable call_id (in the listing at rank %s)", tostring(ranks[i]))
+    end
+    if not seen[id] then -- a page that names a call twice: the first is kept
+      seen[id] = true
+      fill_row(call, args, n, self.utf8, self.synced_at)
+      n = n + NCOL
+      k = k + 1
+    end
+  end
+  if k == 0 then return end
+  self.stats.calls = self.stats.calls + k
   self.run_calls = self.run_calls + k
+  self.staged_calls = self.staged_calls + k
   -- calls in progress: remembered, with their rank, to be read again by the next runs
+  local keep, forget = {}, {}
   for i, call in ipairs(calls) do
     local id = call.call_id
     if call.status == "in_progress" then
       local created = epoch(call.created_at)
-      store:exec(self.pending_upsert, self.key, id, created, ranks[i], self.run_id)
+      keep[#keep + 1] = { id, created, ranks[i] }
       self.pending[id] = { created = created, rank = ranks[i], seen = self.run_id }
     elseif self.pending[id] then
-      store:exec("DELETE FROM osvi_sync_in_progress WHERE filter_key = ? AND call_id = ?", self.key, id)
+      forget[#forget + 1] = id
       self.pending[id] = nil
     end
   end
+  self:later(function()
+    self:upsert(args, n, k)
+    self.spare[#self.spare + 1] = args
+    for _, p in ipairs(keep) do
+      self.store:exec(self.pending_upsert, self.key, p[1], p[2], p[3], self.run_id)
+    end
+    for _, id in ipairs(forget) do
+      self.store:exec("DELETE FROM osvi_sync_in_progress WHERE filter_key = ? AND call_id = ?", self.key, id)
+    end
+  end)
 end
 
--- Saves how far the run got with what was written since the last commit, in one transaction;
--- fails (and rolls back) when another run of the same filter set took over.
+-- Makes the staged writes and saves how far the run got with them, in one transaction; fails
+-- (and rolls back) when another run of the same filter set took over. Not forced: only when
+-- commit_interval has passed since the last one, or MAX_STAGED calls wait.
 function Run:commit(force)
   local t = now()
-  if not force and t - self.last_commit < self.commit_interval then return end
+  if not force and t - self.last_commit < self.commit_interval and self.staged_calls < MAX_STAGED then return end
+  self:flush()
   local low, top = self.low, self.top
   local affected
   if self.segment then
@@ -1067,8 +1129,11 @@ function Run:recheck_pending()
           todo[#todo + 1] = it
         else
           -- no longer in this listing (it left the filtered view): forgotten
-          self.store:exec("DELETE FROM osvi_sync_in_progress WHERE filter_key = ? AND call_id = ?", self.key, it.id)
-          self.pending[it.id] = nil
+          local id = it.id
+          self:later(function()
+            self.store:exec("DELETE FROM osvi_sync_in_progress WHERE filter_key = ? AND call_id = ?", self.key, id)
+          end)
+          self.pending[id] = nil
           gone = gone + 1
         end
       end
@@ -1262,6 +1327,7 @@ end
 -- the newest call becomes the mark of the next run.
 function Run:finish()
   local store = self.store
+  self:flush() -- in the transaction that ends the run
   for id, p in pairs(self.pending) do
     if p.seen ~= self.run_id and (self.stop == nil or (p.created ~= nil and p.created >= self.stop)) then
       store:exec("DELETE FROM osvi_sync_in_progress WHERE filter_key = ? AND call_id = ?", self.key, id)
@@ -1375,7 +1441,7 @@ function M.run(opts)
     commit_interval = opts.commit_interval or M.DEFAULT_COMMIT_INTERVAL,
     on_progress = opts.progress, started = now(), synced_at = os.time(),
     stats = { pages = 0, calls = 0, new = 0, updated = 0, unchanged = 0, requests = 0 },
-    args = {}, upsert_cache = {},
+    upsert_cache = {}, staged = {}, staged_calls = 0, spare = {},
     pending_upsert = "INSERT INTO osvi_sync_in_progress (filter_key, call_id, created_epoch, call_rank, seen_run) "
       .. "VALUES (?, ?, ?, ?, ?) ON CONFLICT (filter_key, call_id) DO UPDATE SET "
       .. "created_epoch = excluded.created_epoch, "
