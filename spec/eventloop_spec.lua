@@ -87,6 +87,31 @@ describe("a cursor as a pollable", function()
     cur:close()
     assert.is_nil(cur:pollfd())
   end)
+
+  it("poll() and next_page() mixed on one cursor, at every prefetch: the same listing, each call once", function()
+    local want = {}
+    for call in server:client { prefetch = 0 }:calls { per_page = 20 } do want[#want + 1] = call.call_id end
+    assert.equal(250, #want)
+    for _, prefetch in ipairs { 0, 1, 4 } do
+      for pattern = 1, 3 do -- poll first; alternate; poll until a page, then next_page to the end
+        local cur = server:client { prefetch = prefetch }:calls { per_page = 20 }
+        local got, k = {}, 0
+        while true do
+          k = k + 1
+          local page
+          if (pattern == 1 and k == 1) or (pattern == 2 and k % 2 == 1) or (pattern == 3 and #got == 0) then
+            page = cur:poll()
+            if page == false then page = cur:next_page() end -- the network's time: wait for it
+          else
+            page = cur:next_page()
+          end
+          if not page then break end
+          for _, call in ipairs(page.data) do got[#got + 1] = call.call_id end
+        end
+        assert.same(want, got, "prefetch " .. prefetch .. ", pattern " .. pattern)
+      end
+    end
+  end)
 end)
 
 describe("host event loops", function()

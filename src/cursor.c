@@ -117,7 +117,9 @@ static int step_protected(lua_State *L) {
     step_pool(L, 1, k, client, core);
     return 0;
   }
-  if (k->prefetch > 0 || mode == 1) {
+  /* once a cursor has transfers of its own (poll(), pollfd()), they carry
+  ** every step: what is in flight there is not the easy handle's to ask */
+  if (k->prefetch > 0 || mode == 1 || k->pool != NULL) {
     osvi_pool *p = step_pool(L, 1, k, client, core);
     res = osvi_pool_run(L, core, p, &link, mode == 0);
   } else {
