@@ -822,29 +822,25 @@ function Run:upsert_sql(k)
   return sql
 end
 
--- A run's writes wait in memory until the next commit, which makes them and saves how far the
--- run got in one short transaction: the write lock is held while writing, never while the
--- network is waited for, so that another sync of the same file (another filter set, or a run
--- taking over) gets its turn; SQLite lets one connection write at a time. At most MAX_STAGED
--- calls wait (a commit comes sooner when there are more: a second of a first sync with no latency
--- is 40,000 to 50,000 calls; Lua's collector walks whatever waits, at every cycle).
-local MAX_STAGED = 20000
-
--- `fn` runs at the next commit, in its transaction, in the order of staging.
-function Run:later(fn)
-  self.staged[#self.staged + 1] = fn
-end
-
--- Makes the staged writes (inside the transaction that the caller commits).
-function Run:flush()
-  local staged = self.staged
-  self.staged, self.staged_calls = {}, 0
-  for i = 1, #staged do staged[i]() end
-end
-
--- The upsert of one page's k rows (args[1..n]); counts new, updated and unchanged calls.
-function Run:upsert(args, n, k)
+-- Writes the calls of one page (an array; ranks: their ranks in the listing).
+function Run:write(calls, ranks)
   local store, stats = self.store, self.stats
+  local args, n, k = self.args, 0, 0
+  local seen = {}
+  for i, call in ipairs(calls) do
+    local id = call.call_id
+    if type(id) ~= "string" or id == "" or id:find("%z") then
+      raise("data", "a call without a usable call_id (in the listing at rank %s)", tostring(ranks[i]))
+    end
+    if not seen[id] then -- a page that names a call twice: the first is kept
+      seen[id] = true
+      fill_row(call, args, n, self.utf8, self.synced_at)
+      n = n + NCOL
+      k = k + 1
+    end
+  end
+  if k == 0 then return end
+  self.dirty = true
   store:writing()
   local st = store:prepare(self:upsert_sql(k))
   local ok, err = st:execute(unpack(args, 1, n))
@@ -867,61 +863,27 @@ function Run:upsert(args, n, k)
   stats.new = stats.new + new
   stats.updated = stats.updated + (changed - new)
   stats.unchanged = stats.unchanged + (k - changed)
-end
-
--- Stages the calls of one page (an array; ranks: their ranks in the listing).
-function Run:write(calls, ranks)
-  -- a table of arguments per page waiting for the commit, reused once written
-  local args, n, k = table.remove(self.spare) or {}, 0, 0
-  local seen = {}
-  for i, call in ipairs(calls) do
-    local id = call.call_id
-    if type(id) ~= "string" or id == "" or id:find("%z") then
-      raise("data", "a call without a usable call_id (in the listing at rank %s)", tostring(ranks[i]))
-    end
-    if not seen[id] then -- a page that names a call twice: the first is kept
-      seen[id] = true
-      fill_row(call, args, n, self.utf8, self.synced_at)
-      n = n + NCOL
-      k = k + 1
-    end
-  end
-  if k == 0 then return end
-  self.stats.calls = self.stats.calls + k
+  stats.calls = stats.calls + k
   self.run_calls = self.run_calls + k
-  self.staged_calls = self.staged_calls + k
   -- calls in progress: remembered, with their rank, to be read again by the next runs
-  local keep, forget = {}, {}
   for i, call in ipairs(calls) do
     local id = call.call_id
     if call.status == "in_progress" then
       local created = epoch(call.created_at)
-      keep[#keep + 1] = { id, created, ranks[i] }
+      store:exec(self.pending_upsert, self.key, id, created, ranks[i], self.run_id)
       self.pending[id] = { created = created, rank = ranks[i], seen = self.run_id }
     elseif self.pending[id] then
-      forget[#forget + 1] = id
+      store:exec("DELETE FROM osvi_sync_in_progress WHERE filter_key = ? AND call_id = ?", self.key, id)
       self.pending[id] = nil
     end
   end
-  self:later(function()
-    self:upsert(args, n, k)
-    self.spare[#self.spare + 1] = args
-    for _, p in ipairs(keep) do
-      self.store:exec(self.pending_upsert, self.key, p[1], p[2], p[3], self.run_id)
-    end
-    for _, id in ipairs(forget) do
-      self.store:exec("DELETE FROM osvi_sync_in_progress WHERE filter_key = ? AND call_id = ?", self.key, id)
-    end
-  end)
 end
 
--- Makes the staged writes and saves how far the run got with them, in one transaction; fails
--- (and rolls back) when another run of the same filter set took over. Not forced: only when
--- commit_interval has passed since the last one, or MAX_STAGED calls wait.
+-- Saves how far the run got with what was written since the last commit, in one transaction;
+-- fails (and rolls back) when another run of the same filter set took over.
 function Run:commit(force)
   local t = now()
-  if not force and t - self.last_commit < self.commit_interval and self.staged_calls < MAX_STAGED then return end
-  self:flush()
+  if not force and t - self.last_commit < self.commit_interval then return end
   local low, top = self.low, self.top
   local affected
   if self.segment then
@@ -937,7 +899,19 @@ function Run:commit(force)
     raise("conflict", "another sync of the same filters took over this run; it goes on there")
   end
   self.store:commit()
+  self.dirty = false
   self.last_commit = now()
+end
+
+-- While the next page is on its way: commits what was written since the last commit, when
+-- that was IDLE_COMMIT seconds ago or more. SQLite lets one connection write at a time, and a run
+-- that kept its transaction open through the network's time (a second between commits) kept a
+-- second sync of the same file (another filter set, or a run taking over) waiting until
+-- busy_timeout ran out. With no latency a page is always in, and commits stay once a second.
+local IDLE_COMMIT = 0.25
+
+function Run:idle()
+  if self.dirty and now() - self.last_commit >= IDLE_COMMIT then self:commit(true) end
 end
 
 local function call_pos(call, rank, total)
@@ -988,7 +962,11 @@ function Run:read_down(start_page, anchor, limit, visit)
   local ok, res = pcall(function()
     local first, passed = true, anchor == nil
     while true do
-      local page = cur:next_page()
+      local page = cur:poll()
+      if page == false then -- not in yet: the network's time
+        self:idle()
+        page = cur:next_page()
+      end
       local st = cur.stats
       self.stats.requests = self.stats.requests + (st.requests - requests0)
       requests0 = st.requests
@@ -1129,11 +1107,8 @@ function Run:recheck_pending()
           todo[#todo + 1] = it
         else
           -- no longer in this listing (it left the filtered view): forgotten
-          local id = it.id
-          self:later(function()
-            self.store:exec("DELETE FROM osvi_sync_in_progress WHERE filter_key = ? AND call_id = ?", self.key, id)
-          end)
-          self.pending[id] = nil
+          self.store:exec("DELETE FROM osvi_sync_in_progress WHERE filter_key = ? AND call_id = ?", self.key, it.id)
+          self.pending[it.id] = nil
           gone = gone + 1
         end
       end
@@ -1327,7 +1302,6 @@ end
 -- the newest call becomes the mark of the next run.
 function Run:finish()
   local store = self.store
-  self:flush() -- in the transaction that ends the run
   for id, p in pairs(self.pending) do
     if p.seen ~= self.run_id and (self.stop == nil or (p.created ~= nil and p.created >= self.stop)) then
       store:exec("DELETE FROM osvi_sync_in_progress WHERE filter_key = ? AND call_id = ?", self.key, id)
@@ -1441,7 +1415,7 @@ function M.run(opts)
     commit_interval = opts.commit_interval or M.DEFAULT_COMMIT_INTERVAL,
     on_progress = opts.progress, started = now(), synced_at = os.time(),
     stats = { pages = 0, calls = 0, new = 0, updated = 0, unchanged = 0, requests = 0 },
-    upsert_cache = {}, staged = {}, staged_calls = 0, spare = {},
+    args = {}, upsert_cache = {},
     pending_upsert = "INSERT INTO osvi_sync_in_progress (filter_key, call_id, created_epoch, call_rank, seen_run) "
       .. "VALUES (?, ?, ?, ?, ?) ON CONFLICT (filter_key, call_id) DO UPDATE SET "
       .. "created_epoch = excluded.created_epoch, "
