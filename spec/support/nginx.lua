@@ -137,7 +137,7 @@ http {
 
     # osvi as `make install` put it, Debian's 5.1 modules (cjson), then the defaults
     lua_package_cpath "@CPATH@;/usr/lib/x86_64-linux-gnu/lua/5.1/?.so;;";
-    lua_package_path "@LPATH@;@ROOT@/spec/support/?.lua;/usr/share/lua/5.1/?.lua;;";
+    lua_package_path "@LPATH@;@HARNESS@/?.lua;/usr/share/lua/5.1/?.lua;;";
     lua_ssl_trusted_certificate @CA@;
     lua_ssl_verify_depth 2;
     lua_shared_dict harness 1m;
@@ -188,6 +188,9 @@ function M.start(opts)
   local prefix = tmpdir()
   sh("mkdir -p " .. prefix .. "/tmp " .. prefix .. "/osvi")
   local cpath, lpath = M.install(prefix .. "/osvi")
+  -- the handlers, beside it: nginx's worker runs as nobody when started by root, and the tree
+  -- under test may be in a directory only its owner can enter (mktemp -d makes them 0700)
+  sh("mkdir -p " .. prefix .. "/harness && cp " .. root .. "/spec/support/resty_harness.lua " .. prefix .. "/harness/")
   local pki = opts.pki
   local last_err
   for _ = 1, 3 do -- a port taken meanwhile: again with others
@@ -200,7 +203,7 @@ function M.start(opts)
         pki.dir .. "/" .. name .. ".key")
     end
     local conf = CONF:gsub("@(%u+)@", {
-      NDK = M.NDK, MODULE = M.MODULE, CPATH = cpath, LPATH = lpath, ROOT = root, CA = pki.ca,
+      NDK = M.NDK, MODULE = M.MODULE, CPATH = cpath, LPATH = lpath, HARNESS = prefix .. "/harness", CA = pki.ca,
       PORT = tostring(port), UPSTREAM = opts.upstream.host .. ":" .. opts.upstream.port,
       TLS = table.concat(servers), EXTRA = opts.extra or "",
     })
