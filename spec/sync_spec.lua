@@ -495,6 +495,9 @@ describe("osvi-calls sync", function()
           local row = st:fetch(false)
           committed = row and tonumber(row[1]) or 0
         end
+        -- the statement first: LuaDBI's close of a connection with a statement left open
+        -- forgets the connection without closing it (sqlite3_close refuses)
+        if st then st:close() end
         conn:close()
       end
       if committed >= 100 then break end
