@@ -55,7 +55,8 @@ FUZZ_OBJ     := $(patsubst $(FUZZ_ROOT)/src/%.c,$(FUZZ_DIR)/obj/%.o,$(FUZZ_SRC))
 FUZZ_COV_OBJ := $(patsubst $(FUZZ_ROOT)/src/%.c,$(FUZZ_DIR)/cov/obj/%.o,$(FUZZ_SRC))
 FUZZ_TARGETS := decode query options
 FUZZ_BINS    := $(FUZZ_TARGETS:%=$(FUZZ_DIR)/fuzz_%)
-FUZZ_HDRS    := $(FUZZ_ROOT)/src/osvi.h $(FUZZ_ROOT)/spec/fuzz/fuzz_allow.h
+FUZZ_HDRS    := $(FUZZ_ROOT)/src/osvi.h $(FUZZ_ROOT)/spec/fuzz/fuzz_allow.h \
+                $(FUZZ_ROOT)/spec/fuzz/fuzz_program.h
 FUZZ_INC      = -I$(FUZZ_ROOT)/src -I$(FUZZ_LUA_INC) $(FUZZ_CURL_CFLAGS)
 FUZZ_ALL_CFLAGS = $(FUZZ_CFLAGS) $(FUZZ_SANITIZE) $(FUZZ_INC)
 # the coverage build: clang's source-based coverage instead of the sanitizers

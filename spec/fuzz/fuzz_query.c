@@ -28,6 +28,7 @@
 #include "lualib.h"
 
 #include "osvi.h" /* src/, via -I */
+#include "fuzz_program.h"
 #include "fuzz_allow.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
@@ -54,10 +55,6 @@ static const char *const names[] = {
 #define NNAMES 11
 #define NBASE 8
 
-typedef struct {
-  const char *s;
-  size_t len;
-} lstr;
 /* Hand-packed data tables: clang-format 14 would put one item a line and
 ** split LS into a block. */
 /* clang-format off */
@@ -107,51 +104,9 @@ static const double float_edges[] = {
 ** Reading the program
 ** --------------------------------------------------------------------- */
 
-typedef struct {
-  const uint8_t *p;
-  size_t n;
-} reader;
-
-static unsigned get(reader *r) { /* 0 once the input is used up */
-  if (r->n == 0) return 0;
-  r->n--;
-  return *r->p++;
-}
-
-static uint64_t get64(reader *r) {
-  uint64_t v = 0;
-  int i;
-  for (i = 0; i < 8; i++) v = (v << 8) | get(r);
-  return v;
-}
-
-/* Pushes a string value. */
+/* Pushes a string value (fuzz_program.h). */
 static void push_string(reader *r, unsigned how) {
-  switch (how % 4) {
-    case 0: /* from the dictionary */
-    case 1: {
-      const lstr *d = &dict[get(r) % NDICT];
-      lua_pushlstring(L, d->s, d->len);
-      break;
-    }
-    case 2: { /* a dictionary value with one byte replaced */
-      const lstr *d = &dict[get(r) % NDICT];
-      char buf[64];
-      size_t len = d->len < sizeof buf ? d->len : sizeof buf;
-      unsigned at = get(r), c = get(r);
-      memcpy(buf, d->s, len);
-      if (len > 0) buf[at % len] = (char)c;
-      lua_pushlstring(L, buf, len);
-      break;
-    }
-    default: { /* raw input bytes */
-      size_t len = get(r) % (MAX_STR + 1);
-      char buf[MAX_STR];
-      size_t i;
-      for (i = 0; i < len; i++) buf[i] = (char)get(r);
-      lua_pushlstring(L, buf, len);
-    }
-  }
+  push_dict_string(L, r, how, dict, NDICT, MAX_STR);
 }
 
 static void push_value(reader *r, int depth);
