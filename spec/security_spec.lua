@@ -106,11 +106,22 @@ local function response(head_lines, body)
 end
 
 -- Runs Lua code in a child with at most `n` file descriptors.
+-- The script may call use_up_fds(): opens /dev/null until the limit is reached, returns the files.
+local USE_UP_FDS = [[
+local function use_up_fds()
+  local files = {}
+  while true do
+    local f = io.open("/dev/null")
+    if not f then return files end
+    files[#files + 1] = f
+  end
+end
+]]
 local function run_with_fds(n, code)
   local tmp = os.tmpname()
   local f = assert(io.open(tmp, "w"))
   f:write(string.format("package.cpath = %q .. package.cpath\n",
-    (os.getenv("OSVI_CPATH") or "./?.so") .. ";"), code)
+    (os.getenv("OSVI_CPATH") or "./?.so") .. ";"), USE_UP_FDS, code)
   f:close()
   local p = io.popen("ulimit -n " .. n .. " && exec env -u OSVI_API_TOKEN -u OSVI_BASE_URL "
     .. H.LUA .. " " .. tmp .. " 2>&1")
@@ -513,12 +524,7 @@ describe("security", function()
       local out = run_with_fds(64, string.format([[
         local osvi = require "osvi"
         local c = osvi.new { token = %q, base_url = %q, max_retries = 2, retry_base = 0, prefetch = 0 }
-        local files = {}
-        while true do
-          local f = io.open("/dev/null")
-          if not f then break end
-          files[#files + 1] = f
-        end
+        local files = use_up_fds()
         local page, err = c:page {}
         print(err.kind, err.attempts, err.message)
       ]], T, server.url))
@@ -531,12 +537,7 @@ describe("security", function()
       local out = run_with_fds(64, string.format([[
         local osvi = require "osvi"
         local c = osvi.new { token = %q, base_url = %q, prefetch = 4 }
-        local files = {}
-        while true do
-          local f = io.open("/dev/null")
-          if not f then break end
-          files[#files + 1] = f
-        end
+        local files = use_up_fds()
         local ok, err = pcall(function() for _ in c:calls {} do end end)
         print(ok, type(err) == "table" and err.kind or type(err), type(err) == "table" and err.message or err)
         for i = 1, 8 do files[i]:close() end -- the client stays usable once descriptors are back

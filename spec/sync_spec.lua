@@ -441,6 +441,30 @@ describe("osvi-calls sync", function()
     return tonumber(rc), body
   end
 
+  -- `osvi-calls sync ARGS` in the background, its output and exit status into TMP/NAME.out and .rc
+  local function start(name, args)
+    local p = io.popen(string.format("(%s OSVI_BASE_URL=%s %s bin/osvi-calls sync %s >%s/%s.out 2>&1; "
+      .. "echo $? >%s/%s.rc) >/dev/null 2>&1 & echo started", CHILD_ENV, server.url, H.LUA, args, TMP, name,
+      TMP, name))
+    p:read("*l")
+    p:close()
+  end
+  -- waits (30 s at most) for a run of start(): its exit status and output
+  local function finished(name)
+    for _ = 1, 3000 do
+      local f = io.open(TMP .. "/" .. name .. ".rc")
+      local rc = f and tonumber(f:read("*a"))
+      if f then f:close() end
+      if rc then
+        f = io.open(TMP .. "/" .. name .. ".out")
+        local out = f:read("*a")
+        f:close()
+        return rc, out
+      end
+      socket.sleep(0.01)
+    end
+  end
+
   it("syncs, says so in one line, and exits as the listing does", function()
     if why_not then pending(why_not) return end
     server:reset()
@@ -479,11 +503,7 @@ describe("osvi-calls sync", function()
     server:config { latency_ms = 20 } -- the first run: 300 pages of 10, 20 ms each, committing once a second
     local file = TMP .. "/twice.sqlite"
     local db = "sqlite:" .. file
-    local p = io.popen(string.format("(%s OSVI_BASE_URL=%s %s bin/osvi-calls sync --db %s --per-page 10 --prefetch 0 "
-      .. ">%s/twice.out 2>&1; echo $? >%s/twice.rc) >/dev/null 2>&1 & echo started", CHILD_ENV, server.url, H.LUA, db,
-      TMP, TMP))
-    p:read("*l")
-    p:close()
+    start("twice", "--db " .. db .. " --per-page 10 --prefetch 0")
     -- until the first run has committed some pages (read without writing: LuaDBI directly)
     local DBI = require "DBI"
     local committed = 0
@@ -507,17 +527,7 @@ describe("osvi-calls sync", function()
     local rc, out = cli("--db " .. db)
     assert.equal(0, rc, out)
     assert.matches("^synced ", out)
-    local first_rc
-    for _ = 1, 3000 do
-      local f = io.open(TMP .. "/twice.rc")
-      first_rc = f and tonumber(f:read("*a"))
-      if f then f:close() end
-      if first_rc then break end
-      socket.sleep(0.01)
-    end
-    local f = io.open(TMP .. "/twice.out")
-    local first_out = f:read("*a")
-    f:close()
+    local first_rc, first_out = finished("twice")
     assert.equal(1, first_rc, first_out)
     assert.matches("another sync of the same filters took over this run", first_out, 1, true)
     local store = sync.open(db)
@@ -537,30 +547,9 @@ describe("osvi-calls sync", function()
     server:config { latency_ms = 20 }
     local file = TMP .. "/both.sqlite"
     local db = "sqlite:" .. file
-    local function start(name, args)
-      local p = io.popen(string.format("(%s OSVI_BASE_URL=%s %s bin/osvi-calls sync --db %s %s >%s/%s.out 2>&1; "
-        .. "echo $? >%s/%s.rc) >/dev/null 2>&1 & echo started", CHILD_ENV, server.url, H.LUA, db, args, TMP, name,
-        TMP, name))
-      p:read("*l")
-      p:close()
-    end
-    local function finished(name)
-      for _ = 1, 3000 do
-        local f = io.open(TMP .. "/" .. name .. ".rc")
-        local rc = f and tonumber(f:read("*a"))
-        if f then f:close() end
-        if rc then
-          f = io.open(TMP .. "/" .. name .. ".out")
-          local out = f:read("*a")
-          f:close()
-          return rc, out
-        end
-        socket.sleep(0.01)
-      end
-    end
     -- each about 2 to 3 s long, committing about once a second, started together
-    start("picked", "--status picked --per-page 20 --prefetch 0")
-    start("all", "--per-page 20 --prefetch 0")
+    start("picked", "--db " .. db .. " --status picked --per-page 20 --prefetch 0")
+    start("all", "--db " .. db .. " --per-page 20 --prefetch 0")
     local rc1, out1 = finished("picked")
     local rc2, out2 = finished("all")
     assert.equal(0, rc1, out1)
